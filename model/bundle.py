@@ -1,0 +1,170 @@
+"""The served-model bundle: a folder that holds everything inference needs, and nothing pickled.
+
+    model.safetensors   weights (float32, or float16 to halve the size; computed in float32)
+    config.json         {"format", "version", "name", "model": CVAEConfig, "text_style", ...}
+    tokenizer.model     the SentencePiece model
+    manifest.json       sha256 of every other file; the bundle's own id is the manifest's sha256
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CVAEConfig
+from .cvae import CVAE
+from .text import STYLES
+from .tokenizer import Tokenizer
+
+FORMAT = "cvae-dialog-bundle"
+VERSION = 1
+FILES = ("model.safetensors", "config.json", "tokenizer.model")
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_BUNDLE = PRETRAINED_DIR / "dailydialog-cyclical"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be served; the message names the file and the problem."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Bundle:
+    model: CVAE
+    tokenizer: Tokenizer
+    config: CVAEConfig
+    name: str
+    text_style: str
+    sha256: str
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: str, text_style: str,
+                extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> str:
+    """Write a bundle; returns its sha256 (that of the manifest)."""
+    if text_style not in STYLES:
+        raise ValueError(f"unknown text style {text_style!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, out / "model.safetensors")
+    config = {"format": FORMAT, "version": VERSION, "name": name, "text_style": text_style,
+              "model": model.cfg.to_dict(), "weights_dtype": str(dtype).removeprefix("torch."),
+              **(extra or {})}
+    _write_atomic(out / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+    _write_atomic(out / "tokenizer.model", tokenizer.proto)
+    manifest = {"format": FORMAT, "version": VERSION,
+                "files": {f: sha256_file(out / f) for f in FILES}}
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    _write_atomic(out / "manifest.json", data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_bundle(path: str | Path) -> tuple[dict[str, Any], str]:
+    """Check the manifest and every file's sha256; returns (manifest, bundle sha256)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle folder not found")
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise BundleError(f"{mpath}: missing manifest")
+    raw = mpath.read_bytes()
+    try:
+        manifest = json.loads(raw)
+        files = manifest["files"]
+        assert isinstance(files, dict)
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise BundleError(f"{mpath}: not a valid manifest (JSON with a 'files' map)") from None
+    for name in FILES:
+        if name not in files:
+            raise BundleError(f"{mpath}: does not list {name}")
+    for name, digest in files.items():
+        fpath = root / name
+        if Path(name).name != name:
+            raise BundleError(f"{mpath}: bad file name {name!r}")
+        if not fpath.is_file():
+            raise BundleError(f"{fpath}: missing file listed in the manifest")
+        actual = sha256_file(fpath)
+        if actual != digest:
+            raise BundleError(f"{fpath}: sha256 mismatch with the manifest "
+                              f"(file {actual[:12]}..., manifest {str(digest)[:12]}...): "
+                              "the file is truncated, altered or from another bundle")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = "cpu") -> Bundle:
+    root = Path(path)
+    _, sha = verify_bundle(root)
+    cpath = root / "config.json"
+    try:
+        config = json.loads(cpath.read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"format is {config.get('format')!r}, expected {FORMAT!r}")
+        if int(config.get("version", 0)) > VERSION:
+            raise ValueError(f"version {config.get('version')} is newer than this code reads ({VERSION})")
+        cfg = CVAEConfig.from_dict(config["model"])
+        style = config["text_style"]
+        if style not in STYLES:
+            raise ValueError(f"unknown text_style {style!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"{cpath}: invalid config: {e}") from None
+    tpath = root / "tokenizer.model"
+    try:
+        tokenizer = Tokenizer.load(tpath)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise BundleError(f"{tpath}: cannot load tokenizer: {e}") from None
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise BundleError(f"{tpath}: vocabulary of {tokenizer.vocab_size} pieces does not match "
+                          f"the model's vocab_size {cfg.vocab_size} in config.json")
+    wpath = root / "model.safetensors"
+    try:
+        tensors = load_file(str(wpath))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise BundleError(f"{wpath}: cannot read weights: {e}") from None
+    model = CVAE(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(p for p in (
+            f"missing {', '.join(missing[:5])}" if missing else "",
+            f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+            f"shape differs for {', '.join(wrong[:5])}" if wrong else "") if p)
+        raise BundleError(f"{wpath}: weights do not fit the model in config.json ({detail})")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    model.to(device).eval()
+    extra = {k: v for k, v in config.items() if k not in ("format", "version", "name", "text_style", "model")}
+    return Bundle(model=model, tokenizer=tokenizer, config=cfg, name=str(config.get("name", root.name)),
+                  text_style=style, sha256=sha, path=root, extra=extra)

@@ -1,0 +1,272 @@
+"""The CVAE / kgCVAE dialog model of Zhao, Zhao and Eskenazi (ACL 2017).
+
+Notation: c is the condition (dialog context, topic, speaker metadata), x the response, z the
+latent code, y the response's dialog act (kgCVAE only).
+
+    prior        p(z | c)     = N(mu_p, diag(exp(logvar_p)))
+    recognition  q(z | c, x)  = N(mu_q, diag(exp(logvar_q)))     (kgCVAE: q(z | c, x, y))
+    decoder      p(x | c, z)  (kgCVAE: p(x | c, z, y) and p(y | c, z))
+
+The training objective (weighed by the loop, the model never sees beta) is
+
+    rc_loss + beta * kl + bow_loss (+ act_loss)
+
+where rc_loss = -log p(x | c, z) summed over the response's tokens (mean over the batch),
+kl = KL(q || p) in nats per response, bow_loss the bag-of-words auxiliary loss -sum_t log f(x_t)
+with f = softmax(MLP(c, z)), and act_loss = -log p(y | c, z).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from .config import PAD_ID, UNK_ID, CVAEConfig
+
+
+@dataclass
+class Batch:
+    """Model input. Context turns are oldest first; utterances carry <s> ... </s>."""
+
+    ctx_tokens: torch.Tensor  # (B, C, U) long, padded with PAD_ID
+    ctx_lens: torch.Tensor  # (B, C) long, tokens per context turn (0 for padding turns)
+    ctx_turns: torch.Tensor  # (B,) long, number of real context turns (>= 1)
+    ctx_flags: torch.Tensor  # (B, C) long, 1 where the context turn is the responder's own
+    topic: torch.Tensor | None = None  # (B,) long, 0 = unknown
+    meta: torch.Tensor | None = None  # (B, M) float
+    resp_tokens: torch.Tensor | None = None  # (B, T) long: <s> x_1 ... x_n </s> PAD...
+    resp_lens: torch.Tensor | None = None  # (B,) long, including <s> and </s>
+    acts: torch.Tensor | None = None  # (B,) long, 0 = unknown
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(**{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                        for k, v in self.__dict__.items()})
+
+    @property
+    def size(self) -> int:
+        return self.ctx_tokens.shape[0]
+
+
+def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor,
+                logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) summed over the last dimension, in nats.
+
+    KL = 1/2 * sum( logvar_p - logvar_q + (var_q + (mu_q - mu_p)^2) / var_p - 1 )
+    """
+    return 0.5 * torch.sum(
+        logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1.0, dim=-1
+    )
+
+
+class UtteranceEncoder(nn.Module):
+    """Bidirectional GRU over an utterance's tokens; the vector is both final states concatenated."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        self.rnn = nn.GRU(cfg.embed_dim, cfg.utt_hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, emb: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        # emb (N, U, E) embedded tokens, lens (N,) >= 1
+        packed = pack_padded_sequence(emb, lens.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)  # h (2, N, H)
+        return torch.cat([h[0], h[1]], dim=-1)  # (N, 2H)
+
+
+class ContextEncoder(nn.Module):
+    """GRU over the context's utterance vectors, each joined with a one-hot of the speaker flag."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        self.rnn = nn.GRU(cfg.utt_dim + 2, cfg.ctx_hidden, batch_first=True)
+
+    def forward(self, utt_vecs: torch.Tensor, flags: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+        # utt_vecs (B, C, 2H), flags (B, C), turns (B,)
+        x = torch.cat([utt_vecs, F.one_hot(flags, 2).to(utt_vecs.dtype)], dim=-1)  # (B, C, 2H+2)
+        packed = pack_padded_sequence(x, turns.cpu(), batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)  # (1, B, Hc)
+        return h[0]
+
+
+class PriorNetwork(nn.Module):
+    """p(z | c): an MLP giving mean and log-variance."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cfg.cond_dim, cfg.prior_hidden), nn.Tanh(),
+                                 nn.Linear(cfg.prior_hidden, 2 * cfg.latent_dim))
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(cond).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class RecognitionNetwork(nn.Module):
+    """q(z | c, x[, y]): a linear map of the condition and the response vector, as in Zhao et al."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        in_dim = cfg.cond_dim + cfg.utt_dim + (cfg.act_dim if cfg.kgcvae else 0)
+        self.net = nn.Linear(in_dim, 2 * cfg.latent_dim)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(features).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """GRU language model whose initial state is a linear map of (c, z[, y])."""
+
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        in_dim = cfg.cond_dim + cfg.latent_dim + (cfg.act_dim if cfg.kgcvae else 0)
+        self.init = nn.Linear(in_dim, cfg.dec_hidden)
+        self.rnn = nn.GRU(cfg.embed_dim, cfg.dec_hidden, batch_first=True)
+        self.out = nn.Linear(cfg.dec_hidden, cfg.vocab_size)
+
+    def initial_state(self, features: torch.Tensor) -> torch.Tensor:
+        return self.init(features)  # (B, Hd)
+
+    def step(self, emb: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoding step: embedded tokens (B, E), state (B, Hd) -> logits (B, V), state (B, Hd)."""
+        out, h = self.rnn(emb.unsqueeze(1), state.unsqueeze(0).contiguous())
+        return self.out(out[:, 0]), h[0]
+
+
+class CVAE(nn.Module):
+    def __init__(self, cfg: CVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
+        # One embedding shared by the encoders and the decoder, as in Zhao et al.
+        self.utt_encoder = UtteranceEncoder(cfg)
+        self.ctx_encoder = ContextEncoder(cfg)
+        self.topic_embedding = nn.Embedding(cfg.n_topics, cfg.topic_dim) if cfg.n_topics else None
+        self.prior_net = PriorNetwork(cfg)
+        self.recog_net = RecognitionNetwork(cfg)
+        self.decoder = Decoder(cfg)
+        self.bow = nn.Sequential(nn.Linear(cfg.cond_dim + cfg.latent_dim, cfg.bow_hidden), nn.Tanh(),
+                                 nn.Linear(cfg.bow_hidden, cfg.vocab_size))
+        if cfg.kgcvae:
+            self.act_embedding = nn.Embedding(cfg.n_acts, cfg.act_dim)
+            self.act_predictor = nn.Sequential(nn.Linear(cfg.cond_dim + cfg.latent_dim, cfg.bow_hidden),
+                                               nn.Tanh(), nn.Linear(cfg.bow_hidden, cfg.n_acts))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Zhao et al. initialise every weight uniformly in [-0.08, 0.08].
+        for p in self.parameters():
+            nn.init.uniform_(p, -0.08, 0.08)
+        with torch.no_grad():
+            self.embedding.weight[PAD_ID].zero_()
+
+    # ----- encoding -------------------------------------------------------------------------
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """The condition c (B, cond_dim): context vector [, topic embedding][, metadata]."""
+        B, C, U = batch.ctx_tokens.shape
+        real = batch.ctx_lens.reshape(-1) > 0  # only real turns go through the utterance encoder
+        flat_tokens = batch.ctx_tokens.reshape(B * C, U)[real]
+        vecs = self.utt_encoder(self.embedding(flat_tokens), batch.ctx_lens.reshape(-1)[real])  # (N, 2H)
+        utt = vecs.new_zeros(B * C, vecs.shape[-1])
+        utt[real] = vecs
+        utt = self.dropout(utt.view(B, C, -1))
+        parts = [self.ctx_encoder(utt, batch.ctx_flags, batch.ctx_turns)]
+        if self.topic_embedding is not None:
+            topic = batch.topic if batch.topic is not None else torch.zeros(B, dtype=torch.long,
+                                                                            device=utt.device)
+            parts.append(self.topic_embedding(topic))
+        if self.cfg.meta_dim:
+            meta = batch.meta if batch.meta is not None else utt.new_zeros(B, self.cfg.meta_dim)
+            parts.append(meta.to(utt.dtype))
+        return torch.cat(parts, dim=-1)
+
+    def prior(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prior_net(cond)
+
+    def posterior(self, cond: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x_vec = self.utt_encoder(self.embedding(batch.resp_tokens), batch.resp_lens)  # (B, 2H)
+        parts = [cond, x_vec]
+        if self.cfg.kgcvae:
+            parts.append(self.act_embedding(batch.acts))
+        return self.recog_net(torch.cat(parts, dim=-1))
+
+    def init_decoder(self, cond: torch.Tensor, z: torch.Tensor,
+                     acts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Initial decoder state (B, Hd) from (c, z). kgCVAE: conditions on the act, the given one
+        (teacher forcing in training) or else the one it predicts; also returns the act logits."""
+        if not self.cfg.kgcvae:
+            return self.decoder.initial_state(torch.cat([cond, z], dim=-1)), None
+        act_logits = self.act_predictor(torch.cat([cond, z], dim=-1))  # (B, A)
+        if acts is None:
+            acts = act_logits[:, 1:].argmax(dim=-1) + 1  # never predict "unknown"
+        feats = torch.cat([cond, z, self.act_embedding(acts)], dim=-1)
+        return self.decoder.initial_state(feats), act_logits
+
+    def decode_step(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B,), state (B, Hd) -> next-token logits (B, V), new state (B, Hd)."""
+        return self.decoder.step(self.embedding(tokens), state)
+
+    # ----- training -------------------------------------------------------------------------
+    def forward(self, batch: Batch, use_prior: bool = False) -> dict[str, torch.Tensor]:
+        """Loss terms for a batch, each a scalar averaged over the batch's responses:
+
+        rc_loss (nats per response), kl (nats per response), bow_loss, act_loss; plus
+        rc_nll_sum and n_tokens (for per-token NLL / perplexity), and the posterior
+        parameters ``mu_q``, ``logvar_q`` (B, Z) for latent diagnostics.
+        ``use_prior`` decodes from a prior sample instead of the posterior.
+        """
+        assert batch.resp_tokens is not None and batch.resp_lens is not None
+        cond = self.encode(batch)
+        mu_p, logvar_p = self.prior(cond)
+        mu_q, logvar_q = self.posterior(cond, batch)
+        mu, logvar = (mu_p, logvar_p) if use_prior else (mu_q, logvar_q)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterised sample
+        kgcvae_acts = batch.acts if self.cfg.kgcvae else None
+        state, act_logits = self.init_decoder(cond, z, kgcvae_acts)
+
+        inputs = batch.resp_tokens[:, :-1]  # (B, T-1)
+        targets = batch.resp_tokens[:, 1:]  # (B, T-1)
+        if self.training and self.cfg.word_dropout > 0:
+            drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
+            drop[:, 0] = False
+            inputs = inputs.masked_fill(drop & (inputs != PAD_ID), UNK_ID)
+        emb = self.dropout(self.embedding(inputs))
+        packed = pack_padded_sequence(emb, (batch.resp_lens - 1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.decoder.rnn(packed, state.unsqueeze(0).contiguous())
+        # Project only real (non-padding) positions: the vocabulary projection dominates the cost.
+        mask = targets != PAD_ID  # (B, T-1)
+        out_padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                               total_length=targets.shape[1])
+        logits = self.decoder.out(self.dropout(out_padded[mask]))  # (N_tok, V)
+        tok_nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")  # (N_tok,)
+        B = batch.size
+        rc_nll_sum = tok_nll.sum()
+        n_tokens = mask.sum()
+
+        kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)  # (B,)
+        bow_logits = self.bow(torch.cat([cond, z], dim=-1)).float()  # (B, V)
+        bow_logp = F.log_softmax(bow_logits, dim=-1)
+        # Bag-of-words over the response tokens x_1..x_n and </s>, as Zhao et al. (no <s>, no pad).
+        bow_nll = -(bow_logp.gather(1, targets) * mask).sum(dim=1)  # (B,)
+
+        losses = {
+            "rc_loss": rc_nll_sum / B,
+            "kl": kl.mean(),
+            "bow_loss": bow_nll.mean(),
+            "rc_nll_sum": rc_nll_sum.detach(),
+            "n_tokens": n_tokens.detach(),
+            "mu_q": mu_q.detach(),
+            "logvar_q": logvar_q.detach(),
+            "z": z.detach(),
+        }
+        if self.cfg.kgcvae:
+            act_mask = batch.acts > 0
+            act_nll = F.cross_entropy(act_logits.float(), batch.acts, reduction="none")
+            losses["act_loss"] = (act_nll * act_mask).sum() / act_mask.sum().clamp(min=1)
+        else:
+            losses["act_loss"] = rc_nll_sum.new_zeros(())
+        return losses

@@ -1,0 +1,133 @@
+"""Decoding a batch of (condition, latent) rows: latent sampling and token policies.
+
+Every row owns its randomness: its latent noise and its token-sampling uniforms come from a
+generator seeded with the row's own seed, so a row's output does not depend on which other rows
+share the batch (up to floating-point effects of the batch shape on matrix products).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from .cvae import CVAE
+
+Strategy = Literal["greedy", "sample"]
+SEED_MOD = 2**63 - 1
+
+
+def row_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) % SEED_MOD)
+
+
+def latent_noise(seeds: list[int], dim: int) -> torch.Tensor:
+    """eps (N, dim) ~ N(0, I), row i drawn from a generator seeded with seeds[i]."""
+    return torch.stack([torch.randn(dim, generator=row_generator(s)) for s in seeds])
+
+
+def sampling_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
+    """u (N, steps) ~ U(0, 1), drawn after the row's latent noise from the same generator."""
+    out = []
+    for s in seeds:
+        g = row_generator(s ^ 0x5DEECE66D)
+        out.append(torch.rand(steps, generator=g, dtype=torch.float64))
+    return torch.stack(out)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering; removed entries become -inf.
+
+    logits (B, V). top_k = 0 and top_p = 1.0 disable those filters.
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use greedy decoding instead)")
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        remove = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_from(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: logits (B, V) already filtered, u (B,) uniforms -> token ids (B,)."""
+    probs = logits.double().softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    idx = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return idx.clamp(max=logits.shape[-1] - 1)
+
+
+@dataclass
+class Decoded:
+    tokens: list[list[int]]  # without <s> and </s>
+    logprob: list[float]  # sum of log p(token) under the model, </s> included when emitted
+    n_scored: list[int]  # tokens in that sum
+    finish_reason: list[str]  # "eos" or "length"
+
+    @property
+    def score(self) -> list[float]:
+        return [lp / max(n, 1) for lp, n in zip(self.logprob, self.n_scored)]
+
+
+@torch.inference_mode()
+def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
+           strategy: Strategy = "greedy", temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, uniforms: torch.Tensor | None = None,
+           banned: tuple[int, ...] = (PAD_ID, UNK_ID, BOS_ID)) -> Decoded:
+    """Decode each row of (cond (B, Dc), z (B, Z)) until </s> or ``max_len`` tokens.
+
+    ``banned`` ids are never emitted (padding, unknown, start; callers add the dialog marker).
+    ``uniforms`` (B, max_len) drive sampling, one per row and step (see :func:`sampling_uniforms`).
+    Finished rows leave the batch, so the work tracks the rows still running.
+    """
+    banned_t = torch.tensor(sorted(set(banned)), dtype=torch.long, device=cond.device)
+    B = cond.shape[0]
+    device = cond.device
+    state, _ = model.init_decoder(cond, z)
+    active = torch.arange(B, device=device)
+    prev = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    logprob = torch.zeros(B, dtype=torch.float64)
+    n_scored = [0] * B
+    finish = ["length"] * B
+    if strategy == "sample" and uniforms is None:
+        uniforms = torch.rand(B, max_len, dtype=torch.float64)
+    for t in range(max_len):
+        logits, state = model.decode_step(prev, state)  # (b, V), (b, Hd)
+        logits = logits.float().index_fill_(1, banned_t, float("-inf"))
+        logp = F.log_softmax(logits, dim=-1)
+        if strategy == "greedy":
+            nxt = logits.argmax(dim=-1)
+        else:
+            assert uniforms is not None
+            nxt = sample_from(filter_logits(logits, temperature, top_k, top_p),
+                              uniforms[active.cpu(), t].to(device))
+        chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1).double().cpu()
+        nxt_cpu = nxt.cpu().tolist()
+        rows = active.cpu().tolist()
+        keep = []
+        for j, (row, tok) in enumerate(zip(rows, nxt_cpu)):
+            logprob[row] += chosen[j]
+            n_scored[row] += 1
+            if tok == EOS_ID:
+                finish[row] = "eos"
+            else:
+                tokens[row].append(tok)
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            keep_t = torch.tensor(keep, device=device)
+            active, state, nxt = active[keep_t], state[keep_t], nxt[keep_t]
+        prev = nxt
+    return Decoded(tokens, logprob.tolist(), n_scored, finish)
