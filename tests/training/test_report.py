@@ -1,0 +1,129 @@
+import json
+import math
+
+import pytest
+
+from training.report import compare, main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STEPS = 200
+
+
+def cyclical_beta(step, total=STEPS, cycles=4, ratio=0.5):
+    period = total / cycles
+    return min(1.0, (step % period) / (period * ratio))
+
+
+def monotonic_beta(step, total=STEPS, ratio=0.5):
+    return min(1.0, step / (total * ratio))
+
+
+def make_run(root, dirname, name, kind, beta, test=None):
+    run = root / dirname
+    run.mkdir()
+    rows = []
+    for step in range(0, STEPS, 2):
+        b = beta(step)
+        rows.append({"step": step, "beta": b, "lr": 1e-3, "rc_loss": 40.0 - step / 10, "kl": 5.0 * (1 - b) + 1,
+                     "bow_loss": 30.0, "tokens_per_s": 1000.0})  # fmt: skip
+        if step % 50 == 48:
+            rows.append({"split": "valid", "step": step, "rc_loss": 38.0 - step / 20, "rc_ppl": 30.0 - step / 20,
+                         "kl": 2.0 + step / 100, "elbo": 40.0, "bow_loss": 31.0})  # fmt: skip
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(5, '{"step": 9, "beta": 0.1, "rc_lo')  # a line cut off by a killed run
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    config = {
+        "name": name,
+        "schedule": {"kind": kind, "cycles": 4, "ratio": 0.5},
+        "model": {"latent_dim": 16, "vocab_size": 64},
+        "data": {"corpus": "swda", "dir": "../shared/data/swda"},
+        "train": {"steps": STEPS, "seed": 7},
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    if test is not None:
+        (run / "eval").mkdir()
+        (run / "eval" / "test.json").write_text(json.dumps(test))
+    return run
+
+
+TEST_METRICS = {
+    "split": "test", "n_contexts": 12, "bundle_sha256": "ab" * 32,
+    "rc_ppl": 27.5, "rc_nll": math.log(27.5), "kl": 3.25, "elbo": 45.5, "bow_loss": 29.0,
+    "active_units": 9, "latent_dim": 16, "mi": float("nan"),
+    "bleu1_precision": 0.41, "bleu4_precision": 0.123, "bleu1_recall": 0.52, "bleu4_recall": 0.2,
+    "distinct1_intra": 0.8, "distinct2_intra": 0.9, "distinct1_inter": 0.1, "distinct2_inter": 0.3, "mean_len": 9.5,
+}  # fmt: skip
+
+
+@pytest.fixture
+def runs(tmp_path):
+    cyc = make_run(tmp_path, "run_a", "swda-cyclical", "cyclical", cyclical_beta, test=TEST_METRICS)
+    mono = make_run(tmp_path, "run_b", "swda-monotonic", "monotonic", monotonic_beta)
+    return cyc, mono
+
+
+def test_compare_writes_report_files_and_plots(runs, tmp_path):
+    out = tmp_path / "report"
+    notes = "Commands:\n\n    python -m training compare run_a run_b --out report\n\nCaveat: *tiny* runs."
+    report = compare(list(runs), out, title="Cyclical vs monotonic", notes=notes)
+
+    for png in ("beta.png", "kl.png", "rc_loss.png", "valid.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == PNG_MAGIC, png
+        assert len(data) > 1000, png
+
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == report
+    cyc = on_disk["runs"]["swda-cyclical"]
+    mono = on_disk["runs"]["swda-monotonic"]
+    assert cyc["schedule"] == "cyclical" and mono["schedule"] == "monotonic"
+    assert cyc["config"]["schedule"]["kind"] == "cyclical"
+    assert cyc["test"]["bleu4_precision"] == pytest.approx(0.123)
+    assert cyc["test"]["active_units"] == 9
+    assert cyc["test"]["mi"] is None  # NaN -> null: report.json is strict JSON
+    assert mono["test"] is None
+    assert cyc["final_valid"]["step"] == 198 and mono["final_valid"]["step"] == 198
+    assert cyc["final_valid"]["rc_ppl"] == pytest.approx(30.0 - 198 / 20)
+    assert "split" not in cyc["final_valid"]
+    assert cyc["last_train"]["step"] == 198
+    assert cyc["last_train"]["beta"] == pytest.approx(cyclical_beta(198))
+
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Cyclical vs monotonic\n")
+    assert "swda-cyclical" in md and "swda-monotonic" in md
+    assert "not evaluated" in md
+    assert "| bleu4_precision | 0.1230 | – |" in md
+    assert "| mi | nan | – |" in md
+    assert "| rc_ppl | 20.1000 | 20.1000 |" in md  # final validation table
+    for png in ("beta.png", "kl.png", "rc_loss.png", "valid.png"):
+        assert f"]({png})" in md
+    assert notes in md  # verbatim
+
+
+def test_run_names_fall_back_to_dir_and_get_schedule_and_unique(tmp_path):
+    a = make_run(tmp_path, "a", "", "cyclical", cyclical_beta)
+    b = make_run(tmp_path, "b", "swda", "cyclical", cyclical_beta)
+    c = make_run(tmp_path, "c", "swda", "cyclical", cyclical_beta)
+    report = compare([a, b, c], tmp_path / "out")
+    assert list(report["runs"]) == ["a-cyclical", "swda-cyclical", "swda-cyclical-2"]
+    assert report["title"] == "Run comparison: a-cyclical vs swda-cyclical vs swda-cyclical-2"
+
+
+def test_compare_survives_empty_run_dir(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = compare([empty], tmp_path / "out")
+    assert report["runs"]["empty"]["test"] is None
+    assert report["runs"]["empty"]["final_valid"] == {}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "not evaluated" in md
+    assert (tmp_path / "out" / "kl.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_main_cli(runs, tmp_path):
+    notes_file = tmp_path / "notes.md"
+    notes_file.write_text("seed 7 only\n")
+    assert main([str(r) for r in runs] + ["--out", str(tmp_path / "cli"), "--notes-file", str(notes_file)]) == 0
+    assert "seed 7 only" in (tmp_path / "cli" / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")])

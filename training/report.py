@@ -1,0 +1,358 @@
+"""The `compare` report over training runs: a markdown table, a JSON summary and plots.
+
+A run directory holds `metrics.jsonl` (training rows; validation rows carry "split": "valid"), `config.json`
+(the resolved training config) and optionally `eval/test.json` (the evaluator's output). `compare` reads
+several and writes `report.md`, `report.json` and the PNG plots beta / kl / rc_loss against the step for all
+runs on shared axes (the layout of Fu et al. 2019, fig. 1) and validation rc_ppl / kl against the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TRAIN_PLOTS = ("beta", "kl", "rc_loss")
+VALID_PLOT_KEYS = ("rc_ppl", "kl")
+# Rows of the tables in this order first; any other numeric key follows, sorted.
+VALID_ORDER = ("step", "rc_ppl", "rc_loss", "kl", "elbo", "bow_loss")
+TEST_ORDER = (
+    "rc_ppl", "rc_nll", "kl", "elbo", "bow_loss", "active_units", "latent_dim", "mi",
+    *(f"bleu{n}_{kind}" for kind in ("precision", "recall") for n in range(1, 5)),
+    "distinct1_intra", "distinct2_intra", "distinct1_inter", "distinct2_inter", "mean_len", "n_contexts",
+)  # fmt: skip
+NOT_EVALUATED = "not evaluated"
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """Training rows and validation rows of a metrics.jsonl, each sorted by step; bad lines are skipped."""
+    train, valid = [], []
+    if not path.is_file():
+        log.warning("%s: no metrics file", path)
+        return train, valid
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s:%d: not JSON, skipped", path, lineno)  # e.g. a line cut off by a killed run
+            continue
+        if not isinstance(row, dict) or "step" not in row:
+            continue
+        split = row.get("split", "train")
+        if split == "train":
+            train.append(row)
+        elif split == "valid":
+            valid.append(row)
+    train.sort(key=lambda r: r["step"])
+    valid.sort(key=lambda r: r["step"])
+    return train, valid
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        log.warning("%s: not valid JSON, ignored", path)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _schedule_kind(config: dict) -> str:
+    schedule = config.get("schedule")
+    if isinstance(schedule, dict):
+        return str(schedule.get("kind", "unknown"))
+    return str(schedule) if schedule else "unknown"
+
+
+def _run_name(config: dict, run_dir: Path, taken: set[str]) -> str:
+    """The config's `name` (else the directory's), suffixed with the schedule kind when it doesn't name it,
+    and made unique among `taken` with -2, -3, ..."""
+    base = str(config.get("name") or run_dir.resolve().name)
+    kind = _schedule_kind(config)
+    if kind != "unknown" and kind not in base:
+        base = f"{base}-{kind}"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def load_run(run_dir: Path) -> dict[str, Any]:
+    """Everything the report needs from one run directory."""
+    config = _read_json(run_dir / "config.json") or {}
+    train, valid = read_metrics(run_dir / "metrics.jsonl")
+    final_valid = {k: v for k, v in valid[-1].items() if k != "split"} if valid else {}
+    return {
+        "dir": str(run_dir),
+        "config": config,
+        "schedule": _schedule_kind(config),
+        "train": train,
+        "valid": valid,
+        "final_valid": final_valid,
+        "last_train": train[-1] if train else {},
+        "test": _read_json(run_dir / "eval" / "test.json"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- format
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def fmt(v: Any) -> str:
+    """A table cell: integers as they are, floats to 4 decimals (2 from 100 up), NaN as "nan"."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.2f}" if abs(v) >= 100 else f"{v:.4f}"
+    text = str(v)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text  # sha256
+
+
+def _json_safe(v: Any) -> Any:
+    """Strict JSON: NaN and infinities become null (the markdown report shows them as "nan" / "inf")."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _ordered_keys(dicts: list[dict], order: tuple[str, ...]) -> list[str]:
+    present = {k for d in dicts for k, v in d.items() if _is_number(v) or v is None}
+    return [k for k in order if k in present] + sorted(present - set(order))
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
+    """A markdown table; with `numeric` every column but the first is right-aligned."""
+    esc = [[c.replace("|", "\\|") for c in row] for row in [header, *rows]]
+    rule = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join(rule) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in esc[1:]]
+
+
+def _schedule_text(config: dict) -> str:
+    schedule = config.get("schedule")
+    if not isinstance(schedule, dict):
+        return _schedule_kind(config)
+    params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in schedule.items() if k != "kind")
+    return f"{_schedule_kind(config)} ({params})" if params else _schedule_kind(config)
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def _moving_average(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred moving average of y over `window` points, with the x of each window's centre."""
+    if window <= 1 or len(y) < window:
+        return x, y
+    smooth = np.convolve(y, np.ones(window) / window, mode="valid")
+    start = (window - 1) // 2
+    return x[start : start + len(smooth)], smooth
+
+
+def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r["step"], r[key]) for r in rows if _is_number(r.get(key)) and math.isfinite(r[key])]
+    if not pts:
+        return np.array([]), np.array([])
+    xs, ys = zip(*pts)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def _plot_train(runs: dict[str, dict], key: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    any_data = False
+    for i, (name, run) in enumerate(runs.items()):
+        x, y = _series(run["train"], key)
+        if len(x) == 0:
+            continue
+        any_data = True
+        color = f"C{i % 10}"
+        if key == "beta":  # a pure function of the step: nothing to smooth
+            ax.plot(x, y, color=color, label=name)
+            continue
+        ax.plot(x, y, color=color, alpha=0.2, linewidth=0.8)
+        xs, ys = _moving_average(x, y, max(1, len(y) // 50))
+        ax.plot(xs, ys, color=color, label=name)
+    _finish(fig, ax, key, any_data, path)
+
+
+def _plot_valid(runs: dict[str, dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(VALID_PLOT_KEYS), figsize=(10, 3.5))
+    for ax, key in zip(axes, VALID_PLOT_KEYS):
+        any_data = False
+        for i, (name, run) in enumerate(runs.items()):
+            x, y = _series(run["valid"], key)
+            if len(x):
+                any_data = True
+                ax.plot(x, y, marker="o", markersize=3, color=f"C{i % 10}", label=name)
+        _finish(None, ax, f"valid {key}", any_data, None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _finish(fig, ax, ylabel: str, any_data: bool, path: Path | None) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if any_data:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    if fig is not None and path is not None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def write_plots(runs: dict[str, dict], out_dir: Path) -> dict[str, str]:
+    """Write the PNGs into out_dir; returns {plot name: file name}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    files = {}
+    for key in TRAIN_PLOTS:
+        _plot_train(runs, key, out_dir / f"{key}.png")
+        files[key] = f"{key}.png"
+    _plot_valid(runs, out_dir / "valid.png")
+    files["valid"] = "valid.png"
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: str | None) -> str:
+    names = list(runs)
+    lines = [f"# {title}", "", "## Runs", ""]
+    rows = []
+    for name, run in runs.items():
+        cfg = run["config"]
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+        rows.append([
+            name, _schedule_text(cfg), fmt(data.get("corpus")), fmt(train.get("steps")), fmt(train.get("seed")),
+            fmt(run["last_train"].get("step")), f"`{run['dir']}`",
+        ])  # fmt: skip
+    lines += _table(["run", "schedule", "corpus", "steps", "seed", "last step logged", "dir"], rows, numeric=False)
+
+    lines += ["", "## Final validation", ""]
+    valids = [run["final_valid"] for run in runs.values()]
+    if any(valids):
+        keys = _ordered_keys(valids, VALID_ORDER)
+        body = [[k] + [fmt(v.get(k)) if v else "no validation" for v in valids] for k in keys]
+        lines += _table(["metric", *names], body)
+    else:
+        lines.append("No run logged a validation row.")
+
+    lines += ["", "## Test", ""]
+    tests = [run["test"] for run in runs.values()]
+    if any(t is not None for t in tests):
+        keys = _ordered_keys([t for t in tests if t], TEST_ORDER)
+        body = [["evaluated"] + [("yes" if t is not None else NOT_EVALUATED) for t in tests]]
+        meta = [k for k in ("split", "bundle_sha256") if any(t and k in t for t in tests)]
+        body += [[k] + [fmt(t.get(k)) if t is not None else "–" for t in tests] for k in meta + keys]
+        lines += _table(["metric", *names], body)
+        missing = [n for n, t in zip(names, tests) if t is None]
+        if missing:
+            lines += ["", f"{NOT_EVALUATED}: " + ", ".join(missing) + " (no eval/test.json)."]
+    else:
+        lines.append(f"No run has eval/test.json: {NOT_EVALUATED}.")
+
+    lines += ["", "## Plots", ""]
+    captions = {
+        "beta": "KL weight beta against the step",
+        "kl": "KL term against the step (training; faint: raw, solid: moving average)",
+        "rc_loss": "reconstruction loss against the step (training; faint: raw, solid: moving average)",
+        "valid": "validation rc_ppl and KL against the step",
+    }
+    for key, file in plots.items():
+        lines += [f"![{captions.get(key, key)}]({file})", ""]
+
+    if notes:
+        lines += ["## Notes", "", notes.rstrip("\n"), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes: str | None = None) -> dict:
+    """Compare training runs: writes out_dir/report.md, report.json and beta/kl/rc_loss/valid PNGs.
+
+    Returns the report.json content: {"title", "notes", "plots", "runs": {name: {"schedule", "dir", "config",
+    "final_valid", "last_train", "test"}}}, with test None for a run without eval/test.json and NaN as None.
+    """
+    if not run_dirs:
+        raise ValueError("compare needs at least one run directory")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, dict] = {}
+    for run_dir in map(Path, run_dirs):
+        run = load_run(run_dir)
+        runs[_run_name(run["config"], run_dir, set(runs))] = run
+    title = title or "Run comparison: " + " vs ".join(runs)
+
+    plots = write_plots(runs, out_dir)
+    (out_dir / "report.md").write_text(_markdown(title, runs, plots, notes))
+    report = {
+        "title": title,
+        "notes": notes,
+        "plots": plots,
+        "runs": {
+            name: {k: run[k] for k in ("schedule", "dir", "config", "final_valid", "last_train", "test")}
+            for name, run in runs.items()
+        },
+    }
+    report = _json_safe(report)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    log.info("wrote %s", out_dir / "report.md")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`compare RUN_DIR ... --out DIR [--title T] [--notes TEXT | --notes-file PATH]`."""
+    parser = argparse.ArgumentParser(prog="compare", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (metrics.jsonl, config.json)")
+    parser.add_argument("--out", type=Path, required=True, help="directory for report.md, report.json, PNGs")
+    parser.add_argument("--title")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--notes", help="text put verbatim under Notes")
+    group.add_argument("--notes-file", type=Path, help="file whose text is put verbatim under Notes")
+    args = parser.parse_args(argv)
+    notes = args.notes_file.read_text() if args.notes_file else args.notes
+    missing = [str(d) for d in args.run_dirs if not d.is_dir()]
+    if missing:
+        parser.error("not a directory: " + ", ".join(missing))
+    compare(args.run_dirs, args.out, title=args.title, notes=notes)
+    return 0
