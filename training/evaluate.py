@@ -1,0 +1,150 @@
+"""Evaluation as in the papers: posterior-z losses, latent use, and prior-sampled replies.
+
+With the posterior z: reconstruction NLL per token and perplexity, KL(q || p), ELBO, bag-of-words
+loss, active units and mutual information I(x; z). With N prior samples per context decoded
+greedily (as Zhao et al.'s evaluation does): BLEU-1..4 precision and recall, distinct-1/2 within a
+context's replies and over the split, mean reply length. Words for BLEU and distinct-n are the
+lower-cased normalised text split into words and punctuation marks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.bundle import load_bundle
+from model.cvae import CVAE
+from model.decoding import decode
+from model.config import BOS_ID, PAD_ID, UNK_ID
+from model.text import detokenize
+
+from .metrics import (MetricAccumulator, active_units, bleu_precision_recall, distinct_inter,
+                      distinct_intra, mutual_information)
+
+log = logging.getLogger("training.evaluate")
+_WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+SINGLE_REFERENCE_NOTE = ("one reference per context: BLEU recall here is against the single "
+                         "observed reply, not the multi-reference SwDA test set of Zhao et al.")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@torch.no_grad()
+def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch.device,
+                      max_batches: int = 0, amp: bool = False, latent: bool = True,
+                      progress: bool = False) -> dict[str, float]:
+    """Losses with z ~ q(z | c, x) over a split (model in eval mode)."""
+    model.eval()
+    acc = MetricAccumulator()
+    mus, mis, act_hits, act_total = [], [], 0, 0
+    batches = examples.sequential(batch_size)
+    if max_batches:
+        batches = batches[:max_batches]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    for idx in tqdm(batches, desc="posterior", disable=not progress or None, leave=False):
+        batch = examples.batch(idx).to(device)
+        with autocast:
+            out = model(batch)
+        B = batch.size
+        acc.add_batch(rc_nll_sum=out["rc_nll_sum"], n_tokens=int(out["n_tokens"]),
+                      kl_sum=out["kl"] * B, n_responses=B, bow_loss_sum=out["bow_loss"] * B)
+        if model.cfg.kgcvae:
+            acc.add("act_loss", out["act_loss"] * B, B)
+        if latent:
+            mus.append(out["mu_q"].float().cpu().numpy())
+            if B > 1:
+                mis.append((mutual_information(out["mu_q"].float(), out["logvar_q"].float(),
+                                               out["z"].float()), B))
+    res = acc.summary()
+    if latent and mus:
+        mu = np.concatenate(mus)
+        res["active_units"] = active_units(mu)
+        res["latent_dim"] = int(mu.shape[1])
+        res["mi"] = float(sum(m * w for m, w in mis) / max(sum(w for _, w in mis), 1))
+    del act_hits, act_total
+    return res
+
+
+@torch.no_grad()
+def sample_replies(bundle: Any, examples: Any, n_samples: int, batch_size: int, seed: int,
+                   max_contexts: int = 0, progress: bool = True) -> tuple[list[list[str]], list[str]]:
+    """For each example's context: n_samples prior z's, each decoded greedily. Returns the replies
+    (detokenised text) grouped per context and the reference reply texts."""
+    model, tok, style = bundle.model, bundle.tokenizer, bundle.text_style
+    device = bundle.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    banned = (PAD_ID, UNK_ID, BOS_ID, tok.dialog_start_id)
+    idx_all = np.arange(len(examples))[:max_contexts or None]
+    groups, refs = [], []
+    for start in tqdm(range(0, len(idx_all), batch_size), desc="sampling", disable=not progress or None):
+        idx = idx_all[start:start + batch_size]
+        batch = examples.batch(idx).to(device)
+        cond = model.encode(batch)
+        mu, logvar = model.prior(cond)
+        eps = torch.randn((len(idx) * n_samples, mu.shape[1]), generator=gen).to(device)
+        mu, logvar, cond = (t.repeat_interleave(n_samples, 0) for t in (mu, logvar, cond))
+        z = mu + eps * (0.5 * logvar).exp()
+        out = decode(model, cond, z, model.cfg.max_decode_len, "greedy", banned=banned)
+        texts = [detokenize(tok.decode(t), style) for t in out.tokens]
+        for j, ix in enumerate(idx):
+            groups.append(texts[j * n_samples:(j + 1) * n_samples])
+            di, ti = examples.examples[int(ix)]
+            refs.append(detokenize(tok.decode(examples.dialogs[di].turns[ti]), style))
+    return groups, refs
+
+
+def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = None,
+             data_dir: str | None = None, n_samples: int = 5, batch_size: int = 64, seed: int = 1,
+             device: str = "auto", max_contexts: int = 0, samples_out: str | Path | None = None
+             ) -> dict[str, Any]:
+    from .batching import ExampleSet, Vocabs
+    from .data import read_corpus
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    bundle = load_bundle(bundle_dir, device=dev)
+    data = bundle.extra.get("data", {})
+    corpus = corpus or data.get("corpus")
+    data_dir = data_dir or data.get("dir")
+    if not corpus or not data_dir:
+        raise ValueError("the bundle records no data settings: pass --set data.corpus=... --set data.dir=...")
+    vocabs = Vocabs.from_dict(bundle.extra["vocabs"]) if "vocabs" in bundle.extra else Vocabs()
+    dialogs = read_corpus(corpus, data_dir, split)
+    cfg = bundle.config
+    examples = ExampleSet(dialogs, bundle.tokenizer, bundle.text_style, vocabs, cfg.max_context_turns,
+                          cfg.max_utt_len)
+    log.info("evaluating %s on %s/%s: %d contexts", bundle.name, corpus, split, len(examples))
+    torch.manual_seed(seed)
+    res: dict[str, Any] = posterior_metrics(bundle.model, examples, batch_size, dev, progress=True)
+    groups, refs = sample_replies(bundle, examples, n_samples, batch_size, seed, max_contexts)
+    hyp_words = [[words(t) for t in g] for g in groups]
+    ref_words = [words(r) for r in refs]
+    bleu_sums: dict[str, float] = {}
+    for hyps, ref in zip(hyp_words, ref_words):
+        for k, v in bleu_precision_recall(hyps, [ref]).items():
+            bleu_sums[k] = bleu_sums.get(k, 0.0) + v
+    n = max(len(groups), 1)
+    res.update({k: v / n for k, v in bleu_sums.items()})
+    res.update({
+        "distinct1_intra": distinct_intra(hyp_words, 1), "distinct2_intra": distinct_intra(hyp_words, 2),
+        "distinct1_inter": distinct_inter(hyp_words, 1), "distinct2_inter": distinct_inter(hyp_words, 2),
+        "mean_len": float(np.mean([len(h) for g in hyp_words for h in g])) if groups else 0.0,
+        "n_contexts": len(groups), "n_samples": n_samples, "decoding": "greedy per prior sample",
+        "bundle": str(bundle_dir), "bundle_name": bundle.name, "bundle_sha256": bundle.sha256,
+        "corpus": corpus, "data_dir": str(data_dir), "split": split, "seed": seed,
+        "references": SINGLE_REFERENCE_NOTE,
+    })
+    if samples_out:
+        with open(samples_out, "w") as f:
+            for g, r in zip(groups, refs):
+                f.write(json.dumps({"reference": r, "replies": g}) + "\n")
+    return res

@@ -1,0 +1,315 @@
+"""The training loop: explicit, resumable, rank-0 logging, optional DistributedDataParallel.
+
+The objective is rc_loss + beta(t) * kl + bow_loss (+ act_loss for kgCVAE); beta comes from the
+schedule, a pure function of the step, so a resumed run computes the same values.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from model.bundle import save_bundle
+from model.cvae import CVAE
+from model.text import normalize
+from model.tokenizer import Tokenizer
+
+from . import checkpoint as ckpt
+from .batching import BatchStream, ExampleSet, Vocabs
+from .config import RunConfig
+from .data import TEXT_STYLE, read_corpus
+from .evaluate import posterior_metrics
+from .schedules import beta_at, lr_at
+
+log = logging.getLogger("training")
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"train.device={name} but CUDA is not available")
+    return dev
+
+
+def load_split(cfg: RunConfig, split: str) -> list:
+    dialogs = read_corpus(cfg.data.corpus, cfg.data.dir, split)
+    limit = cfg.data.max_train_dialogs if split == "train" else cfg.data.max_valid_dialogs
+    return dialogs[:limit] if limit else dialogs
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, out_dir: str | Path):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.is_main = self.rank == 0
+        lc = cfg.train
+        if lc.num_threads:
+            torch.set_num_threads(lc.num_threads)
+        self.device = pick_device(lc.device)
+        if self.world > 1:
+            if self.device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", 0))
+                self.device = torch.device("cuda", local)
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if lc.amp not in ("none", "bf16"):
+            raise RunError(f"train.amp must be none or bf16, got {lc.amp!r}")
+        self.amp = lc.amp == "bf16" and self.device.type == "cuda"
+        self.ckpt_path = self.out / "checkpoint.safetensors"
+
+    # ----- set-up -----------------------------------------------------------------------------
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def prepare(self) -> None:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.out / "config.json"
+        resolved = cfg.to_dict()
+        if self.ckpt_path.exists() and cfg_path.exists():
+            saved = json.loads(cfg_path.read_text())
+            diff = _diff(saved, resolved)
+            if diff:
+                raise RunError(f"{self.out} holds a run with a different config ({', '.join(diff)}); "
+                               "resume with the same config or choose another --out")
+        elif self.is_main:
+            cfg_path.write_text(json.dumps(resolved, indent=2))
+        self.style = TEXT_STYLE[cfg.data.corpus]
+        log.info("reading %s from %s", cfg.data.corpus, cfg.data.dir)
+        train_dialogs = load_split(cfg, "train")
+        valid_dialogs = load_split(cfg, "valid")
+        tok_path = self.out / "tokenizer.model"
+        if self.is_main and not tok_path.exists():
+            log.info("training a %d-piece SentencePiece model", cfg.tokenizer.vocab_size)
+            texts = [normalize(t.text, self.style) for d in train_dialogs for t in d.turns]
+            Tokenizer.train(texts, cfg.tokenizer.vocab_size).save(tok_path)
+        self._barrier()
+        self.tokenizer = Tokenizer.load(tok_path)
+        self.vocabs = Vocabs.build(train_dialogs)
+        mc = cfg.model_config(self.tokenizer.vocab_size, n_topics=len(self.vocabs.topics),
+                              meta_dim=self.vocabs.meta_dim, n_acts=len(self.vocabs.acts))
+        args = (self.tokenizer, self.style, self.vocabs, cfg.data.max_context_turns, cfg.data.max_utt_len)
+        self.train_set = ExampleSet(train_dialogs, *args)
+        self.valid_set = ExampleSet(valid_dialogs, *args)
+        if len(self.train_set) == 0:
+            raise RunError("the training split has no examples")
+        log.info("examples: train %d, valid %d; vocabulary %d", len(self.train_set),
+                 len(self.valid_set), self.tokenizer.vocab_size)
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.model = CVAE(mc).to(self.device)
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.stream = BatchStream(self.train_set, cfg.train.seed, cfg.train.batch_size, cfg.train.bucket)
+        self.step, self.cursor, self.best = 0, 0, math.inf
+        if self.ckpt_path.exists():
+            self._resume()
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def _save(self) -> None:
+        if not self.is_main:
+            return
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_t, opt_meta = ckpt.optimizer_state(self.opt)
+        tensors.update(opt_t)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        np_state = np.random.get_state()
+        meta = {"step": self.step, "cursor": self.cursor, "best": self.best, "optimizer": opt_meta,
+                "world": self.world, "config": self.cfg.to_dict(),
+                "rng_python": repr(random.getstate()),
+                "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+        ckpt.atomic_save(self.ckpt_path, tensors, meta)
+
+    def _resume(self) -> None:
+        tensors, meta = ckpt.load(self.ckpt_path)
+        if meta.get("world", 1) != self.world:
+            raise RunError(f"{self.ckpt_path}: saved with {meta.get('world')} processes, resumed "
+                           f"with {self.world}: the data order would differ")
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ckpt.CheckpointError(f"{self.ckpt_path}: does not fit this model: {e}") from None
+        self.opt.load_state_dict(self.opt.state_dict())  # moves moments to the parameters' device
+        for st in self.opt.state.values():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    st[k] = v.to(self.device)
+        torch.set_rng_state(tensors["rng.torch"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        import ast
+        random.setstate(ast.literal_eval(meta["rng_python"]))
+        ns = meta["rng_numpy"]
+        np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
+        self.step, self.cursor, self.best = meta["step"], meta["cursor"], meta["best"]
+        if self.is_main:
+            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+        log.info("resumed from %s at step %d", self.ckpt_path, self.step)
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def validate(self) -> dict[str, float]:
+        lc = self.cfg.train
+        # A fixed generator for the posterior samples: validation leaves the training RNG alone.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(lc.seed + 1)
+            res = posterior_metrics(self.model, self.valid_set, lc.batch_size * 2, self.device,
+                                    max_batches=lc.valid_max_batches, amp=self.amp, latent=False)
+        self.model.train()
+        return res
+
+    def run(self) -> Path:
+        self.prepare()
+        cfg, lc = self.cfg, self.cfg.train
+        T = lc.steps
+        self.model.train()
+        bar = tqdm(total=T, initial=self.step, disable=not self.is_main or None, desc=cfg.name,
+                   dynamic_ncols=True)
+        window = {"rc": 0.0, "kl": 0.0, "bow": 0.0, "act": 0.0, "nll": 0.0, "tok": 0, "n": 0, "gn": 0.0}
+        t0 = time.perf_counter()
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext())
+        while self.step < T:
+            t = self.step + 1
+            beta = beta_at(t, T, cfg.schedule)
+            lr = lr_at(t, T, lc.lr, cfg.schedule)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            batch = self.train_set.batch(self.stream.indices(self.cursor + self.rank)).to(self.device)
+            self.cursor += self.world
+            with autocast:
+                out = self.net(batch)
+            loss = out["rc_loss"] + beta * out["kl"] + out["bow_loss"] + out["act_loss"]
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)
+            self.opt.step()
+            self.step = t
+            window["rc"] += out["rc_loss"].item()
+            window["kl"] += out["kl"].item()
+            window["bow"] += out["bow_loss"].item()
+            window["act"] += out["act_loss"].item()
+            window["nll"] += out["rc_nll_sum"].item()
+            window["tok"] += int(out["n_tokens"].item())
+            window["gn"] += float(gn)
+            window["n"] += 1
+            bar.update(1)
+            if t % lc.log_every == 0 or t == T:
+                dt = time.perf_counter() - t0
+                n = window["n"]
+                row = {"step": t, "epoch": round(self.stream.epoch_of(self.cursor), 4), "beta": beta,
+                       "lr": lr, "rc_loss": window["rc"] / n, "kl": window["kl"] / n,
+                       "bow_loss": window["bow"] / n, "act_loss": window["act"] / n,
+                       "rc_ppl": math.exp(min(window["nll"] / max(window["tok"], 1), 50)),
+                       "grad_norm": window["gn"] / n,
+                       "tokens_per_s": window["tok"] * self.world / dt, "batches_per_s": n / dt}
+                self._log(row)
+                bar.set_postfix(beta=f"{beta:.2f}", rc=f"{row['rc_loss']:.1f}", kl=f"{row['kl']:.2f}")
+                window = dict.fromkeys(window, 0.0)
+                window["tok"] = window["n"] = 0
+            if self.is_main and (t % lc.eval_every == 0 or t == T):
+                res = self.validate()
+                self._log({"step": t, "split": "valid", "beta": beta, **res})
+                log.info("step %d valid: rc_ppl %.2f kl %.3f elbo %.2f", t, res["rc_ppl"], res["kl"],
+                         res["elbo"])
+                if res["elbo"] < self.best:
+                    self.best = res["elbo"]
+                    from safetensors.torch import save_file
+                    tmp = self.out / "best.safetensors.tmp"
+                    save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                              str(tmp), metadata={"step": str(t), "elbo": str(res["elbo"])})
+                    os.replace(tmp, self.out / "best.safetensors")
+            if t % lc.ckpt_every == 0 or t == T:
+                self._save()
+            if t % lc.log_every == 0:
+                t0 = time.perf_counter()
+        bar.close()
+        self._barrier()
+        bundle = self.out / "bundle"
+        if self.is_main:
+            self.export(bundle)
+        self._barrier()
+        return bundle
+
+    def export(self, bundle: Path) -> None:
+        best = self.out / "best.safetensors"
+        model = CVAE(self.model.cfg)
+        model.load_state_dict(load_file(str(best)) if best.exists() else self.model.state_dict())
+        dtype = {"float32": torch.float32, "float16": torch.float16}[self.cfg.train.export_dtype]
+        sha = save_bundle(bundle, model.cpu(), self.tokenizer, name=self.cfg.name, text_style=self.style,
+                          dtype=dtype, extra={"vocabs": self.vocabs.to_dict(),
+                                              "data": {"corpus": self.cfg.data.corpus,
+                                                       "dir": self.cfg.data.dir},
+                                              "training": {"config": self.cfg.to_dict(),
+                                                           "steps": self.step}})
+        log.info("exported %s (sha256 %s)", bundle, sha)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue  # a line torn by the kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in keep))
+    os.replace(tmp, path)
+
+
+def train(cfg: RunConfig, out_dir: str | Path) -> Path:
+    trainer = Trainer(cfg, out_dir)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
