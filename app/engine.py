@@ -1,0 +1,380 @@
+"""The inference engine: a dialog context in, several diverse replies out. No FastAPI here.
+
+Per request: normalise and tokenise the context as training did, encode it once, sample the latent codes
+z_i = mu + latent_temperature * sigma * eps_i from the prior p(z | c), decode all of them in batched calls
+(rows of concurrent requests share calls, see app.batching), detokenise, drop duplicates (drawing more
+samples for a bounded number of rounds) and rank by mean token log-probability, best first.
+
+Determinism: reply i of a request with seed s uses s_i = (s + i) mod (2**63 - 1) for both its latent noise
+and its sampling uniforms, so its latent code depends only on (context, s_i) and a request with seed s_i and
+n = 1 replays it. Decoding is row-wise too, but the matrix products of a decode call may round differently
+for different batch shapes (BLAS kernels block by the number of rows), so bit-exact replay is guaranteed
+only with max_batch_rows = 1; otherwise a near-tie between two tokens can, rarely, break the other way.
+
+    from app.engine import Engine
+    engine = Engine.from_bundle("model/pretrained/dailydialog-cyclical")
+    for r in engine.respond(["hi, how are you?"], n=5).replies:
+        print(r.score, r.text)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from model import decoding
+from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from model.config import BOS_ID, PAD_ID, UNK_ID
+from model.inputs import collate, serving_context
+from model.text import detokenize, normalize
+
+from .batching import Batcher, EngineClosed, Observer, QueueFull
+
+__all__ = ["Engine", "GenerationRequest", "Reply", "Result", "InputError", "QueueFull", "EngineClosed",
+           "Observer", "pick_device"]
+
+log = logging.getLogger(__name__)
+SEED_MOD = decoding.SEED_MOD
+
+
+class InputError(ValueError):
+    """A request the model cannot serve; ``loc`` points at the field (as in a 422 body)."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str, value: Any = None):
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+        self.value = value
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    context: Sequence[str]  # oldest turn first; the last turn is the other party's
+    n: int = 5
+    seed: int | None = None  # None: a random one, returned in the result
+    latent_temperature: float = 1.0  # scales the prior's standard deviation; 0 gives the prior mean
+    latents: Sequence[Sequence[float]] | None = None  # decode these codes instead of sampling
+    strategy: Literal["greedy", "sample"] = "greedy"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_tokens: int | None = None  # None: the engine's limit
+    dedupe: bool = True
+    return_latents: bool = False
+
+
+@dataclass
+class Reply:
+    text: str
+    score: float  # mean log-probability per scored token (</s> included when emitted), nats
+    tokens: int  # tokens generated, without </s>
+    finish_reason: str  # "eos" or "length"
+    sample_index: int
+    seed: int
+    latent: list[float] | None = None
+
+
+@dataclass
+class Result:
+    replies: list[Reply]
+    n_requested: int
+    n_returned: int
+    duplicates_dropped: int
+    seed: int
+    timing_ms: dict[str, float]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _dedupe_key(text: str, style: str) -> str:
+    return " ".join(normalize(text, style).casefold().split())
+
+
+@dataclass(eq=False)
+class _Job:
+    req: GenerationRequest
+    turn_ids: list[list[int]]
+    seed: int
+    max_len: int
+    n: int
+    future: Future[Result] = field(default_factory=Future)
+    t_submit: float = 0.0
+    t_start: float | None = None
+    cond: torch.Tensor | None = None  # (1, cond_dim)
+    mu: torch.Tensor | None = None  # (1, Z)
+    std: torch.Tensor | None = None  # (1, Z)
+    pending: list[int] = field(default_factory=list)  # sample indices to decode in the next step
+    next_index: int = 0
+    rounds_left: int = 0
+    replies: list[Reply] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    done: bool = False
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self.pending)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        r = self.req
+        if r.strategy == "greedy":
+            return ("greedy", 1.0, 0, 1.0, self.max_len)
+        return ("sample", r.temperature, r.top_k, r.top_p, self.max_len)
+
+
+class Engine:
+    """Serves one bundle. Thread-safe: requests go through one batching thread once :meth:`start` ran;
+    before that (local use) :meth:`respond` runs them in the calling thread."""
+
+    def __init__(self, bundle: Bundle, *, max_n: int = 16, max_tokens: int | None = None,
+                 max_batch_rows: int = 64, max_wait_ms: float = 5.0, queue_size: int = 64,
+                 dedupe_rounds: int = 3, observer: Observer | None = None):
+        self.bundle = bundle
+        self.model = bundle.model
+        self.tokenizer = bundle.tokenizer
+        self.config = bundle.config
+        self.device = bundle.device
+        self.max_n = max_n
+        self.max_tokens = min(max_tokens or self.config.max_decode_len, self.config.max_decode_len)
+        self.dedupe_rounds = dedupe_rounds
+        self.banned = (PAD_ID, UNK_ID, BOS_ID, self.tokenizer.dialog_start_id)
+        self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer)
+        self.observer = self.batcher.observer
+
+    @classmethod
+    def from_bundle(cls, path: str | Path | None = None, device: str = "auto", torch_threads: int = 0,
+                    **options: Any) -> "Engine":
+        """Load a bundle (default: model.bundle.DEFAULT_BUNDLE); raises model.bundle.BundleError."""
+        set_torch_threads(torch_threads)
+        return cls(load_bundle(path or DEFAULT_BUNDLE, pick_device(device)), **options)
+
+    # ----- public API -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the batching thread (the server does; local use need not)."""
+        self.batcher.start()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop admitting requests and let admitted ones finish within ``timeout`` seconds."""
+        return self.batcher.close(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.batcher.running
+
+    def submit(self, req: GenerationRequest) -> Future[Result]:
+        """Queue a request for the batching thread. Raises InputError, QueueFull or EngineClosed."""
+        job = self.prepare(req)
+        self.batcher.submit(job)
+        return job.future
+
+    def respond(self, context: Sequence[str] | str, n: int = 5, timeout: float | None = None,
+                **options: Any) -> Result:
+        """Replies to ``context`` (a list of turns, or one string); options as in :class:`GenerationRequest`."""
+        turns = [context] if isinstance(context, str) else list(context)
+        req = GenerationRequest(context=turns, n=n, **options)
+        if self.running:
+            return self.submit(req).result(timeout)
+        job = self.prepare(req)
+        job.t_submit = time.monotonic()
+        while not job.done:
+            self._step([job])
+        return job.future.result()
+
+    def warmup(self) -> Result:
+        """One small request through the whole path (device kernels, tokenizer, batcher)."""
+        return self.respond(["hello"], n=2, seed=0, dedupe=False, max_tokens=min(4, self.max_tokens))
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.bundle.name, "sha256": self.bundle.sha256, "text_style": self.bundle.text_style,
+                "config": self.config.to_dict(), "vocab_size": self.tokenizer.vocab_size,
+                "device": str(self.device), "max_tokens": self.max_tokens, "max_n": self.max_n,
+                "torch_threads": torch.get_num_threads()}
+
+    # ----- request preparation (cheap, no torch) ----------------------------------------------------
+    def prepare(self, req: GenerationRequest) -> _Job:
+        style = self.bundle.text_style
+        if not req.context:
+            raise InputError(("context",), "context needs at least one turn")
+        turns = []
+        for i, t in enumerate(req.context):
+            norm = normalize(t, style)
+            if not norm:
+                raise InputError(("context", i), "turn is empty after normalisation", t)
+            turns.append(norm)
+        turn_ids = self.tokenizer.encode_batch(turns)
+        max_len = self.max_tokens if req.max_tokens is None else req.max_tokens
+        if not 1 <= max_len <= self.max_tokens:
+            raise InputError(("max_tokens",), f"max_tokens must be between 1 and {self.max_tokens} "
+                             f"(the model decodes at most {self.config.max_decode_len})", req.max_tokens)
+        if req.strategy not in ("greedy", "sample"):
+            raise InputError(("strategy",), "strategy must be 'greedy' or 'sample'", req.strategy)
+        if req.latents is not None:
+            n = len(req.latents)
+            if not 1 <= n <= self.max_n:
+                raise InputError(("latents",), f"give 1 to {self.max_n} latent codes")
+            for i, z in enumerate(req.latents):
+                if len(z) != self.config.latent_dim:
+                    raise InputError(("latents", i), f"a latent code has {self.config.latent_dim} values")
+                if not all(math.isfinite(v) for v in z):
+                    raise InputError(("latents", i), "latent values must be finite")
+        else:
+            n = req.n
+            if not 1 <= n <= self.max_n:
+                raise InputError(("n",), f"n must be between 1 and {self.max_n}", n)
+        seed = secrets.randbelow(SEED_MOD) if req.seed is None else int(req.seed) % SEED_MOD
+        job = _Job(req=req, turn_ids=turn_ids, seed=seed, max_len=max_len, n=n)
+        job.pending = list(range(n))
+        job.next_index = n
+        job.rounds_left = self.dedupe_rounds if (req.dedupe and req.latents is None) else 0
+        return job
+
+    # ----- torch work (batching thread, or the caller's thread in local use) --------------------------
+    def _step(self, jobs: list[_Job]) -> None:
+        """Decode every pending row of ``jobs``, rows sharing decoding options in shared calls."""
+        with torch.inference_mode():
+            groups: dict[tuple[Any, ...], list[tuple[_Job, list[int], torch.Tensor, torch.Tensor | None]]] = {}
+            for job in jobs:
+                try:
+                    if job.cond is None:
+                        job.t_start = time.monotonic()
+                        self._encode(job)
+                    z, u = self._latents(job)
+                except Exception as e:
+                    self._fail(job, e)
+                    continue
+                groups.setdefault(job.key, []).append((job, job.pending, z, u))
+                job.pending = []
+            for key, items in groups.items():
+                self._decode_group(key, items)
+        for job in jobs:
+            if not job.done and not job.future.done() and not job.pending:
+                self._end_round(job)
+
+    def _encode(self, job: _Job) -> None:
+        cfg = self.config
+        turns, flags = serving_context(job.turn_ids, self.tokenizer.dialog_start_id,
+                                       cfg.max_context_turns, cfg.max_utt_len)
+        batch = collate([turns], [flags]).to(self.device)
+        job.cond = self.model.encode(batch)  # (1, cond_dim)
+        mu, logvar = self.model.prior(job.cond)  # (1, Z) each
+        job.mu, job.std = mu, (0.5 * logvar).exp()
+
+    def _seeds(self, job: _Job, indices: list[int]) -> list[int]:
+        return [(job.seed + i) % SEED_MOD for i in indices]
+
+    def _latents(self, job: _Job) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z (k, Z) for the job's pending rows, and their sampling uniforms (k, max_len) when sampling."""
+        seeds = self._seeds(job, job.pending)
+        if job.req.latents is not None:
+            z = torch.tensor([list(job.req.latents[i]) for i in job.pending], dtype=torch.float32,
+                             device=self.device)
+        else:
+            assert job.mu is not None and job.std is not None
+            eps = decoding.latent_noise(seeds, self.config.latent_dim).to(self.device)  # (k, Z)
+            z = job.mu + job.req.latent_temperature * job.std * eps
+        u = decoding.sampling_uniforms(seeds, job.max_len) if job.req.strategy == "sample" else None
+        return z, u
+
+    def _decode_group(self, key: tuple[Any, ...], items: list[Any]) -> None:
+        rows = [(job, idx, z[j], None if u is None else u[j])
+                for job, idxs, z, u in items for j, idx in enumerate(idxs)]
+        size = self.batcher.max_batch_rows
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
+            try:
+                self._decode_rows(key, chunk)
+            except Exception as e:
+                jobs = list(dict.fromkeys(r[0] for r in chunk))
+                if len(jobs) == 1:
+                    self._fail(jobs[0], e)
+                    continue
+                for job in jobs:  # isolate the failing request; the others still get their replies
+                    try:
+                        self._decode_rows(key, [r for r in chunk if r[0] is job])
+                    except Exception as e:
+                        self._fail(job, e)
+
+    def _decode_rows(self, key: tuple[Any, ...], rows: list[Any]) -> None:
+        strategy, temperature, top_k, top_p, max_len = key
+        live = [r for r in rows if not r[0].future.done()]
+        if not live:
+            return
+        cond = torch.cat([r[0].cond for r in live])  # (B, cond_dim)
+        z = torch.stack([r[2] for r in live])  # (B, Z)
+        u = torch.stack([r[3] for r in live]) if strategy == "sample" else None
+        self.observer.batch(len(live))
+        out = decoding.decode(self.model, cond, z, max_len, strategy=strategy, temperature=temperature,
+                              top_k=top_k, top_p=top_p, uniforms=u, banned=self.banned)
+        style = self.bundle.text_style
+        for j, (job, idx, zrow, _) in enumerate(live):
+            text = detokenize(self.tokenizer.decode(out.tokens[j]), style)
+            job.replies.append(Reply(
+                text=text, score=float(out.score[j]), tokens=len(out.tokens[j]),
+                finish_reason=out.finish_reason[j], sample_index=idx, seed=(job.seed + idx) % SEED_MOD,
+                latent=zrow.float().cpu().tolist() if job.req.return_latents else None))
+
+    def _end_round(self, job: _Job) -> None:
+        """Keep the first of each distinct text (by sample index); draw more or finish."""
+        if job.req.dedupe:
+            before = len(job.seen)  # replies kept in earlier rounds, then this round's
+            kept, fresh = [], sorted(job.replies[before:], key=lambda r: r.sample_index)
+            for r in fresh:
+                k = _dedupe_key(r.text, self.bundle.text_style)
+                if k in job.seen:
+                    job.duplicates += 1
+                else:
+                    job.seen.add(k)
+                    kept.append(r)
+            job.replies = job.replies[:before] + kept
+            missing = job.n - len(job.replies)
+            if missing > 0 and job.rounds_left > 0:
+                job.rounds_left -= 1
+                job.pending = list(range(job.next_index, job.next_index + missing))
+                job.next_index += missing
+                return
+        job.done = True
+        now = time.monotonic()
+        replies = sorted(job.replies, key=lambda r: (-r.score, r.sample_index))
+        start = job.t_start or job.t_submit
+        result = Result(replies=replies, n_requested=job.n, n_returned=len(replies),
+                        duplicates_dropped=job.duplicates, seed=job.seed,
+                        timing_ms={"queue": round(1000 * (start - job.t_submit), 3),
+                                   "compute": round(1000 * (now - start), 3),
+                                   "total": round(1000 * (now - job.t_submit), 3)})
+        if not job.future.done():
+            try:
+                job.future.set_result(result)
+            except Exception:  # cancelled meanwhile (timed out)
+                pass
+
+    @staticmethod
+    def _fail(job: _Job, exc: BaseException) -> None:
+        job.done = True
+        log.error("request failed: %r", exc)
+        if not job.future.done():
+            try:
+                job.future.set_exception(exc)
+            except Exception:
+                pass
+
+
+def set_torch_threads(n: int = 0) -> int:
+    """Intra-op threads for torch: ``n``, or min(4, CPU cores) when 0. Returns the number set."""
+    n = n or min(4, os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+

@@ -1,0 +1,84 @@
+"""POST /respond: several diverse replies to a dialog context."""
+
+import asyncio
+import hmac
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..engine import EngineClosed, GenerationRequest, InputError, QueueFull
+from ..runtime import Runtime, RuntimeDep
+from ..schemas import ModelRef, ReplyOut, RespondResponse, request_model
+from ..settings import Settings
+
+log = logging.getLogger(__name__)
+_bearer = HTTPBearer(auto_error=False, description="only when the server has an API key (DIALOG_API_KEY)")
+
+
+def require_api_key(rt: RuntimeDep,
+                    creds: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> None:
+    key = rt.settings.api_key
+    if key is None:
+        return
+    given = creds.credentials.encode() if creds is not None else b""
+    if not hmac.compare_digest(given, key.get_secret_value().encode()):
+        raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong API key (when one is set)"},
+    413: {"description": "request body too large"},
+    429: {"description": "too many requests in progress; see Retry-After"},
+    503: {"description": "not ready (loading, warming up or draining)"},
+    504: {"description": "the request exceeded its time limit"},
+}
+
+
+def router(settings: Settings) -> APIRouter:
+    Body = request_model(settings)
+    r = APIRouter(tags=["dialog"])
+
+    @r.post("/respond", response_model=RespondResponse, responses=ERRORS,
+            dependencies=[Depends(require_api_key)])
+    async def respond(body: Body, request: Request, rt: RuntimeDep) -> RespondResponse:  # type: ignore[valid-type]
+        """Reply to the last turn of ``context`` with up to ``n`` diverse replies, best first."""
+        engine = rt.require_engine()
+        rid = request.state.request_id
+        try:
+            future = engine.submit(GenerationRequest(**body.model_dump()))
+        except InputError as e:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", *e.loc), "msg": e.msg,
+                                           "input": e.value}]) from None
+        except QueueFull:
+            raise HTTPException(429, "too many requests in progress; retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        except EngineClosed:
+            raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
+        timeout = rt.settings.request_timeout_s
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise HTTPException(504, f"the request exceeded its time limit of {timeout:g} s") from None
+        except EngineClosed:
+            raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
+        except Exception:
+            log.exception("request %s failed", rid)
+            raise HTTPException(500, f"internal error (request id {rid})") from None
+        _count(rt, result.n_returned, result.duplicates_dropped)
+        return RespondResponse(
+            replies=[ReplyOut(**r.__dict__) for r in result.replies],
+            n_requested=result.n_requested, n_returned=result.n_returned,
+            duplicates_dropped=result.duplicates_dropped, seed=result.seed,
+            model=ModelRef(name=engine.bundle.name, sha256=engine.bundle.sha256),
+            timing_ms=result.timing_ms, request_id=rid)
+
+    return r
+
+
+def _count(rt: Runtime, replies: int, duplicates: int) -> None:
+    rt.metrics.replies.inc(replies)
+    rt.metrics.duplicates.inc(duplicates)

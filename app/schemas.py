@@ -1,0 +1,112 @@
+"""Request and response bodies. Limits come from Settings, so the request model is built per app."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
+
+from model.decoding import SEED_MOD
+
+from .settings import Settings
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class RespondRequestBase(BaseModel):
+    """Fields and checks that do not depend on the configured limits (see :func:`request_model`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: list[str]
+    n: int = Field(5, ge=1, description="number of replies")
+    seed: int | None = Field(None, ge=0, lt=SEED_MOD,
+                             description="same request and seed, same replies; absent: a random one, returned")
+    latent_temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False,
+                                      description="scales the prior's standard deviation; 0 gives the prior mean")
+    latents: list[list[FiniteFloat]] | None = Field(
+        None, description="latent codes to decode instead of sampling (each of the model's latent_dim values)")
+    strategy: Literal["greedy", "sample"] = "greedy"
+    temperature: float = Field(1.0, gt=0.0, le=10.0, allow_inf_nan=False, description="sampling only")
+    top_k: int = Field(0, ge=0, le=100_000, description="sampling only; 0 keeps every token")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="sampling only; 1 keeps every token")
+    max_tokens: int | None = Field(None, ge=1, description="tokens per reply; absent: the limit")
+    dedupe: bool = Field(True, description="drop repeated replies and draw more samples in their place")
+    return_latents: bool = False
+
+    @field_validator("context")
+    @classmethod
+    def _turns_not_blank(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not t.strip():
+                raise ValueError("every turn must contain some text")
+        return v
+
+
+def request_model(settings: Settings) -> type[RespondRequestBase]:
+    """RespondRequest with this deployment's limits, so they show in the OpenAPI schema too."""
+    turn = Annotated[str, StringConstraints(min_length=1, max_length=settings.max_turn_chars)]
+    code = Annotated[list[FiniteFloat], Field(min_length=1, max_length=4096)]
+    return create_model(
+        "RespondRequest",
+        __base__=RespondRequestBase,
+        context=(list[turn], Field(min_length=1, max_length=settings.max_turns,
+                                   description="the dialog so far, oldest turn first; the last turn is the "
+                                               "other party's")),
+        n=(int, Field(5, ge=1, le=settings.max_n, description="number of replies")),
+        max_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens,
+                                      description="tokens per reply; absent: the limit")),
+        latents=(list[code] | None, Field(None, min_length=1, max_length=settings.max_n,
+                                          description="latent codes to decode instead of sampling")),
+    )
+
+
+class ReplyOut(BaseModel):
+    text: str
+    score: float = Field(description="mean log-probability per token, nats (higher is better)")
+    tokens: int = Field(description="number of generated tokens, without the end token")
+    finish_reason: Literal["eos", "length"]
+    sample_index: int
+    seed: int = Field(description="this reply's own seed: a request with it and n=1 replays the reply")
+    latent: list[float] | None = None
+
+
+class ModelRef(BaseModel):
+    name: str
+    sha256: str
+
+
+class RespondResponse(BaseModel):
+    replies: list[ReplyOut]
+    n_requested: int
+    n_returned: int
+    duplicates_dropped: int
+    seed: int
+    model: ModelRef
+    timing_ms: dict[str, float]
+    request_id: str
+
+
+class Limits(BaseModel):
+    max_turns: int
+    max_turn_chars: int
+    max_n: int
+    max_tokens: int
+    max_body_bytes: int
+    request_timeout_s: float
+
+
+class InfoResponse(BaseModel):
+    version: str
+    model: ModelRef
+    text_style: str
+    config: dict[str, Any]
+    vocab_size: int
+    device: str
+    torch_threads: int
+    limits: Limits
+    batching: dict[str, Any]
+
+
+class Status(BaseModel):
+    status: str
+    detail: str | None = None

@@ -1,0 +1,53 @@
+"""Service settings: environment variables prefixed ``DIALOG_`` (and the same as flags of ``python -m app``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIALOG_", extra="ignore")
+
+    # The served model. None serves model.bundle.DEFAULT_BUNDLE.
+    bundle: Path | None = None
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Request limits.
+    max_turns: int = Field(20, ge=1, description="most context turns a request may send")
+    max_turn_chars: int = Field(1000, ge=1, description="most characters in one turn")
+    max_n: int = Field(16, ge=1, description="most replies a request may ask for")
+    max_tokens: int = Field(64, ge=1, description="most tokens per reply (also capped by the model's max_decode_len)")
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="largest request body, in bytes")
+    dedupe_rounds: int = Field(3, ge=0, description="extra rounds of latent samples drawn to replace duplicates")
+
+    # Micro-batching and back-pressure.
+    max_batch_rows: int = Field(64, ge=1, description="most (context, latent) rows in one decode call")
+    max_wait_ms: float = Field(5.0, ge=0, description="longest a batch waits for more rows, in milliseconds")
+    queue_size: int = Field(64, ge=0, description="most requests admitted at once (queued or running); more get 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="per-request time limit, in seconds (then 504)")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 picks min(4, CPU cores)")
+    warmup: bool = True
+
+    # Access.
+    api_key: SecretStr | None = Field(None, description="when set, /respond needs 'Authorization: Bearer <key>'")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed CORS origins (comma-separated in the environment); empty: CORS off")
+    drain_timeout_s: float = Field(10.0, ge=0, description="how long in-flight requests may finish after SIGTERM")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, v: object) -> object:
+        return None if v == "" else v

@@ -1,0 +1,73 @@
+"""Fixtures for the service tests: a tiny bundle built once per session, and apps/clients on it."""
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.bundle import save_bundle
+from model.config import preset
+from model.cvae import CVAE
+from model.tokenizer import Tokenizer
+
+WORDS = ("hello hi how are you fine thanks good morning what is your name my name is anna bob "
+         "do like tea coffee yes no maybe sure where going home work today tomorrow see later").split()
+
+
+def synthetic_sentences(k: int = 60, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(k)]
+
+
+def build_tiny_bundle(out: Path) -> Path:
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(synthetic_sentences(), vocab_size=64)
+    model = CVAE(preset("tiny", vocab_size=tokenizer.vocab_size, max_decode_len=12))
+    model.eval()
+    save_bundle(out, model, tokenizer, name="tiny", text_style="plain")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def make_settings(tiny_bundle: Path):
+    """Settings on the tiny bundle, ignoring any DIALOG_* variables of the environment."""
+    from app.settings import Settings
+
+    def make(**overrides) -> Settings:
+        base = dict(bundle=tiny_bundle, device="cpu", torch_threads=1, max_wait_ms=2.0)
+        return Settings.model_validate({**base, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def client(make_settings) -> Iterator:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(make_settings())) as c:
+        wait_ready(c)
+        yield c
+
+
+def wait_ready(client, timeout: float = 10.0) -> None:
+    import time
+
+    t0 = time.monotonic()
+    while client.get("/readyz").status_code != 200:
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("app never became ready")
+        time.sleep(0.01)
