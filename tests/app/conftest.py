@@ -1,7 +1,7 @@
 """Fixtures for the service tests: a tiny bundle built once per session, and apps/clients on it."""
 from __future__ import annotations
 
-import itertools
+import contextlib
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +37,6 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
-_counter = itertools.count()
-
-
 @pytest.fixture
 def make_settings(tiny_bundle: Path):
     """Settings on the tiny bundle, ignoring any DIALOG_* variables of the environment."""
@@ -53,13 +50,25 @@ def make_settings(tiny_bundle: Path):
 
 
 @pytest.fixture
-def client(make_settings) -> Iterator:
+def make_client(make_settings):
+    """make_client(**settings) -> context manager: a TestClient (lifespan running) once the app is ready."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
-    with TestClient(create_app(make_settings())) as c:
-        wait_ready(c)
+    @contextlib.contextmanager
+    def make(ready: bool = True, **overrides) -> Iterator[TestClient]:
+        with TestClient(create_app(make_settings(**overrides))) as c:
+            if ready:
+                wait_ready(c)
+            yield c
+
+    return make
+
+
+@pytest.fixture
+def client(make_client) -> Iterator:
+    with make_client() as c:
         yield c
 
 

@@ -1,0 +1,153 @@
+"""Command line: ``python -m app [serve] [--bundle DIR] [--port 8000] ...`` runs the server;
+``python -m app respond --bundle DIR "hi there" -n 5`` prints replies without one.
+
+Flags override the DIALOG_* environment variables they mirror."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .settings import Settings
+
+SERVE_FLAGS: list[tuple[str, type | None, str]] = [
+    ("bundle", str, "model bundle folder (default: model/pretrained/dailydialog-cyclical)"),
+    ("device", str, "auto, cpu, cuda, cuda:N"),
+    ("host", str, "address to listen on"),
+    ("port", int, "port to listen on"),
+    ("log_level", str, "debug, info, warning or error"),
+    ("max_turns", int, "most context turns per request"),
+    ("max_turn_chars", int, "most characters per turn"),
+    ("max_n", int, "most replies per request"),
+    ("max_tokens", int, "most tokens per reply"),
+    ("max_body_bytes", int, "largest request body in bytes"),
+    ("dedupe_rounds", int, "extra sampling rounds to replace duplicates"),
+    ("max_batch_rows", int, "most rows per decode call (1 turns batching off)"),
+    ("max_wait_ms", float, "longest a batch waits for more rows"),
+    ("queue_size", int, "most requests in progress; more get 429"),
+    ("request_timeout_s", float, "per-request time limit (504 after it)"),
+    ("torch_threads", int, "torch threads (0: min(4, cores))"),
+    ("api_key", str, "require 'Authorization: Bearer KEY' on /respond (prefer DIALOG_API_KEY)"),
+    ("cors_origins", str, "comma-separated allowed CORS origins"),
+    ("drain_timeout_s", float, "how long in-flight requests may finish on SIGTERM"),
+]
+
+
+def _add_flags(p: argparse.ArgumentParser, names: set[str] | None = None) -> None:
+    for name, typ, help_ in SERVE_FLAGS:
+        if names is None or name in names:
+            env = f"DIALOG_{name.upper()}"
+            p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                           help=f"{help_} [env {env}]")
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in {f[0] for f in SERVE_FLAGS} and v is not None}
+    return Settings(**given, **extra)  # init arguments take precedence over the environment
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Run the dialog response server (the default command). Other command: "
+                    "'python -m app respond --bundle DIR \"hi there\" -n 5' prints replies without a server "
+                    "(see 'python -m app respond --help').",
+        epilog="Every flag mirrors an environment variable DIALOG_<NAME>; flags win.")
+    _add_flags(p)
+    p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
+                   help="skip the warm-up request (ready at once)")
+    return p
+
+
+def respond_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m app respond",
+                                description="Print replies to a dialog context, without a server.")
+    p.add_argument("turns", nargs="+", help="the dialog so far, oldest turn first (one argument per turn)")
+    p.add_argument("-n", type=int, default=5, help="number of replies (default 5)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--strategy", choices=("greedy", "sample"), default="greedy")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--latent-temperature", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--no-dedupe", dest="dedupe", action="store_false")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds"})
+    return p
+
+
+def serve(argv: list[str]) -> int:
+    import uvicorn
+
+    from model.bundle import DEFAULT_BUNDLE
+
+    from .main import create_app
+
+    args = serve_parser().parse_args(argv)
+    extra = {} if args.warmup is None else {"warmup": args.warmup}
+    settings = _settings(args, **extra)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bundle = settings.bundle or DEFAULT_BUNDLE
+    if not bundle.is_dir():
+        how = "" if settings.bundle else " (the default model is not installed; pass --bundle DIR or set DIALOG_BUNDLE)"
+        print(f"error: BundleError: {bundle}: bundle folder not found{how}", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    runtime = app.state.runtime
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            runtime.start_draining()  # readiness 503 and new requests refused at once
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+                            log_config=None)
+    server = Server(config)
+    server.run()
+    return 0 if server.started else 3
+
+
+def respond(argv: list[str]) -> int:
+    from model.bundle import BundleError
+
+    from .engine import Engine, InputError
+
+    args = respond_parser().parse_args(argv)
+    s = _settings(args)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        engine = Engine.from_bundle(s.bundle, device=s.device, torch_threads=s.torch_threads, max_n=s.max_n,
+                                    dedupe_rounds=s.dedupe_rounds)
+        result = engine.respond(args.turns, n=args.n, seed=args.seed, strategy=args.strategy,
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                latent_temperature=args.latent_temperature, max_tokens=args.max_tokens,
+                                dedupe=args.dedupe)
+    except (BundleError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"seed": result.seed, "replies": [r.__dict__ for r in result.replies],
+                          "duplicates_dropped": result.duplicates_dropped}, indent=2))
+        return 0
+    print(f"# seed {result.seed}; {result.n_returned} of {result.n_requested} replies, "
+          f"{result.duplicates_dropped} duplicates dropped")
+    for r in result.replies:
+        print(f"{r.score:8.3f}  {r.text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "respond":
+        return respond(argv[1:])
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""POST /respond through the real app on the tiny bundle: fields, determinism, replay, dedupe, latents."""
+from __future__ import annotations
+
+import pytest
+CTX = ["hi there", "hello how are you"]
+
+
+@pytest.fixture
+def unbatched(make_client):
+    """Batching off (one row per decode call): replay is bit-exact."""
+    with make_client(max_batch_rows=1, max_wait_ms=0) as c:
+        yield c
+
+
+def post(client, **body):
+    r = client.post("/respond", json={"context": CTX, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_response_shape(client):
+    r = client.post("/respond", json={"context": CTX, "n": 3, "seed": 7})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"replies", "n_requested", "n_returned", "duplicates_dropped", "seed", "model",
+                         "timing_ms", "request_id"}
+    assert body["seed"] == 7 and body["n_requested"] == 3 and body["n_returned"] == len(body["replies"])
+    assert body["model"]["name"] == "tiny" and len(body["model"]["sha256"]) == 64
+    assert r.headers["x-request-id"] == body["request_id"]
+    assert body["timing_ms"]["total"] >= 0
+    scores = [x["score"] for x in body["replies"]]
+    assert scores == sorted(scores, reverse=True)  # best first
+    for x in body["replies"]:
+        assert set(x) == {"text", "score", "tokens", "finish_reason", "sample_index", "seed", "latent"}
+        assert x["finish_reason"] in ("eos", "length") and x["latent"] is None
+        assert x["seed"] == 7 + x["sample_index"]
+        assert 0 <= x["tokens"] <= 12
+
+
+def test_defaults_n5_random_seed(client):
+    a, b = post(client), post(client)
+    assert a["n_requested"] == 5 and 0 <= a["seed"] < 2**63 - 1
+    assert a["seed"] != b["seed"]
+
+
+def test_same_seed_same_replies(client):
+    for strategy in ("greedy", "sample"):
+        a = post(client, n=4, seed=123, strategy=strategy)
+        b = post(client, n=4, seed=123, strategy=strategy)
+        assert a["replies"] == b["replies"]
+
+
+def test_reply_seed_replays_that_reply(unbatched):
+    for strategy in ("greedy", "sample"):
+        full = post(unbatched, n=5, seed=2**63 - 3, strategy=strategy, dedupe=False, return_latents=True)
+        assert {r["seed"] for r in full["replies"]} == {(2**63 - 3 + i) % (2**63 - 1) for i in range(5)}
+        for reply in full["replies"]:
+            alone = post(unbatched, n=1, seed=reply["seed"], strategy=strategy, dedupe=False, return_latents=True)
+            assert alone["replies"][0] == {**reply, "sample_index": 0}
+
+
+def test_latent_depends_only_on_seed_and_index(client):
+    """Whatever else shares the batch, a reply's latent code is the same (it comes from its own seed)."""
+    a = post(client, n=3, seed=50, return_latents=True, dedupe=False)
+    b = post(client, n=1, seed=52, return_latents=True, dedupe=False, context=CTX)
+    lat_a = {r["seed"]: r["latent"] for r in a["replies"]}
+    assert lat_a[52] == b["replies"][0]["latent"]
+
+
+def test_latents_round_trip(unbatched):
+    first = post(unbatched, n=3, seed=9, return_latents=True, dedupe=False)
+    codes = [r["latent"] for r in sorted(first["replies"], key=lambda r: r["sample_index"])]
+    assert all(len(z) == 8 for z in codes)
+    again = post(unbatched, latents=codes, dedupe=False)
+    assert again["n_requested"] == 3
+    by_index = {r["sample_index"]: r["text"] for r in again["replies"]}
+    assert [by_index[i] for i in range(3)] == [r["text"] for r in sorted(first["replies"],
+                                                                         key=lambda r: r["sample_index"])]
+
+
+def test_latent_temperature_zero_gives_prior_mean(client):
+    body = post(client, n=3, seed=1, latent_temperature=0, return_latents=True, dedupe=False)
+    latents = [r["latent"] for r in body["replies"]]
+    assert latents[0] == latents[1] == latents[2]
+    texts = {r["text"] for r in body["replies"]}
+    assert len(texts) == 1  # greedy from one code: one reply
+
+
+def test_dedupe_drops_repeats_and_draws_more(client, make_settings):
+    body = post(client, n=3, seed=1, latent_temperature=0)  # every draw is the same reply
+    rounds = make_settings().dedupe_rounds
+    assert body["n_returned"] == 1
+    assert body["duplicates_dropped"] == 2 + 2 * rounds
+
+
+def test_dedupe_returns_distinct_texts(client):
+    body = post(client, n=8, seed=3, strategy="sample", temperature=1.5)
+    texts = [" ".join(r["text"].casefold().split()) for r in body["replies"]]
+    assert len(texts) == len(set(texts)) == body["n_returned"]
+    assert body["n_returned"] == 8
+
+
+def test_dedupe_with_given_latents_does_not_resample(client):
+    z = [0.1] * 8
+    body = post(client, latents=[z, z, z])
+    assert body["n_returned"] == 1 and body["duplicates_dropped"] == 2
+
+
+def test_max_tokens_limits_length(client):
+    body = post(client, n=3, seed=4, max_tokens=2, dedupe=False)
+    assert all(r["tokens"] <= 2 for r in body["replies"])
+
+
+def test_limits_accepted_at_the_boundary(client):
+    turns = ["hello there"] * 20
+    turns[-1] = "x" * 1000
+    body = post(client, context=turns, n=16, max_tokens=12, strategy="sample", top_k=5, top_p=0.9,
+                temperature=0.7, seed=2**63 - 2)
+    assert body["n_requested"] == 16
+
+
+def test_normalisation_applies(client):
+    a = post(client, context=["hello   there\u200b"], seed=5, n=2)
+    b = post(client, context=["hello there"], seed=5, n=2)
+    assert a["replies"] == b["replies"]
