@@ -41,8 +41,13 @@ class Batch:
     resp_lens: torch.Tensor | None = None  # (B,) long, including <s> and </s>
     acts: torch.Tensor | None = None  # (B,) long, 0 = unknown
 
+    # Lengths stay on the CPU: packing wants them there, and reading them from a GPU would
+    # synchronise the device on every batch.
+    _HOST = ("ctx_lens", "ctx_turns", "resp_lens")
+
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(**{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+        return Batch(**{k: (v.to(device, non_blocking=True)
+                            if isinstance(v, torch.Tensor) and k not in self._HOST else v)
                         for k, v in self.__dict__.items()})
 
     @property
@@ -167,11 +172,13 @@ class CVAE(nn.Module):
     def encode(self, batch: Batch) -> torch.Tensor:
         """The condition c (B, cond_dim): context vector [, topic embedding][, metadata]."""
         B, C, U = batch.ctx_tokens.shape
-        real = batch.ctx_lens.reshape(-1) > 0  # only real turns go through the utterance encoder
-        flat_tokens = batch.ctx_tokens.reshape(B * C, U)[real]
-        vecs = self.utt_encoder(self.embedding(flat_tokens), batch.ctx_lens.reshape(-1)[real])  # (N, 2H)
-        utt = vecs.new_zeros(B * C, vecs.shape[-1])
-        utt[real] = vecs
+        device = batch.ctx_tokens.device
+        lens = batch.ctx_lens.reshape(-1).cpu()
+        real = (lens > 0).nonzero().squeeze(1)  # only real turns go through the utterance encoder
+        real_dev = real.to(device, non_blocking=True)
+        flat_tokens = batch.ctx_tokens.reshape(B * C, U).index_select(0, real_dev)
+        vecs = self.utt_encoder(self.embedding(flat_tokens), lens[real])  # (N, 2H)
+        utt = vecs.new_zeros(B * C, vecs.shape[-1]).index_copy_(0, real_dev, vecs)
         utt = self.dropout(utt.view(B, C, -1))
         parts = [self.ctx_encoder(utt, batch.ctx_flags, batch.ctx_turns)]
         if self.topic_embedding is not None:
@@ -238,14 +245,19 @@ class CVAE(nn.Module):
                                       enforce_sorted=False)
         out, _ = self.decoder.rnn(packed, state.unsqueeze(0).contiguous())
         # Project only real (non-padding) positions: the vocabulary projection dominates the cost.
+        # Their flat indices come from the lengths on the host, so no device synchronisation.
+        B, Tm1 = targets.shape
+        steps = (batch.resp_lens.cpu() - 1).tolist()
+        flat = torch.cat([torch.arange(n) + b * Tm1 for b, n in enumerate(steps)])
+        flat = flat.to(targets.device, non_blocking=True)
         mask = targets != PAD_ID  # (B, T-1)
-        out_padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
-                                                               total_length=targets.shape[1])
-        logits = self.decoder.out(self.dropout(out_padded[mask]))  # (N_tok, V)
-        tok_nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")  # (N_tok,)
-        B = batch.size
+        out_padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=Tm1)
+        hidden = out_padded.reshape(B * Tm1, -1).index_select(0, flat)  # (N_tok, Hd)
+        logits = self.decoder.out(self.dropout(hidden))  # (N_tok, V)
+        tok_nll = F.cross_entropy(logits.float(), targets.reshape(-1).index_select(0, flat),
+                                  reduction="none")  # (N_tok,)
         rc_nll_sum = tok_nll.sum()
-        n_tokens = mask.sum()
+        n_tokens = torch.tensor(sum(steps))
 
         kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)  # (B,)
         bow_logits = self.bow(torch.cat([cond, z], dim=-1)).float()  # (B, V)

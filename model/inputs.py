@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .config import BOS_ID, EOS_ID, PAD_ID
@@ -42,23 +43,25 @@ def collate(contexts: Sequence[Sequence[Sequence[int]]], flags: Sequence[Sequenc
     B = len(contexts)
     C = max(len(c) for c in contexts)
     U = max(len(u) for c in contexts for u in c)
-    ctx = torch.full((B, C, U), PAD_ID, dtype=torch.long)
-    ctx_lens = torch.zeros((B, C), dtype=torch.long)
-    ctx_flags = torch.zeros((B, C), dtype=torch.long)
+    # Fill numpy buffers with one slice assignment per utterance (cheaper than per-tensor copies).
+    ctx = np.full((B, C, U), PAD_ID, dtype=np.int64)
+    ctx_lens = np.zeros((B, C), dtype=np.int64)
+    ctx_flags = np.zeros((B, C), dtype=np.int64)
     for b, (turns, fl) in enumerate(zip(contexts, flags)):
+        row = ctx[b]
         for j, u in enumerate(turns):
-            ctx[b, j, :len(u)] = torch.as_tensor(u, dtype=torch.long)
+            row[j, :len(u)] = u
             ctx_lens[b, j] = len(u)
-        ctx_flags[b, :len(fl)] = torch.as_tensor(fl, dtype=torch.long)
-    batch = Batch(ctx_tokens=ctx, ctx_lens=ctx_lens,
+        ctx_flags[b, :len(fl)] = fl
+    batch = Batch(ctx_tokens=torch.from_numpy(ctx), ctx_lens=torch.from_numpy(ctx_lens),
                   ctx_turns=torch.tensor([len(c) for c in contexts], dtype=torch.long),
-                  ctx_flags=ctx_flags)
+                  ctx_flags=torch.from_numpy(ctx_flags))
     if responses is not None:
         T = max(len(r) for r in responses)
-        resp = torch.full((B, T), PAD_ID, dtype=torch.long)
+        resp = np.full((B, T), PAD_ID, dtype=np.int64)
         for b, r in enumerate(responses):
-            resp[b, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-        batch.resp_tokens = resp
+            resp[b, :len(r)] = r
+        batch.resp_tokens = torch.from_numpy(resp)
         batch.resp_lens = torch.tensor([len(r) for r in responses], dtype=torch.long)
     if topics is not None:
         batch.topic = torch.as_tensor(topics, dtype=torch.long)

@@ -221,16 +221,15 @@ class Trainer:
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)
             self.opt.step()
             self.step = t
-            window["rc"] += out["rc_loss"].item()
-            window["kl"] += out["kl"].item()
-            window["bow"] += out["bow_loss"].item()
-            window["act"] += out["act_loss"].item()
-            window["nll"] += out["rc_nll_sum"].item()
-            window["tok"] += int(out["n_tokens"].item())
-            window["gn"] += float(gn)
+            # Sums stay on the device until a log step: reading them each step would synchronise.
+            for k, v in (("rc", out["rc_loss"]), ("kl", out["kl"]), ("bow", out["bow_loss"]),
+                         ("act", out["act_loss"]), ("nll", out["rc_nll_sum"]), ("gn", gn)):
+                window[k] = window[k] + v.detach().float()
+            window["tok"] += int(out["n_tokens"])
             window["n"] += 1
             bar.update(1)
             if t % lc.log_every == 0 or t == T:
+                window = {k: float(v) for k, v in window.items()}
                 dt = time.perf_counter() - t0
                 n = window["n"]
                 row = {"step": t, "epoch": round(self.stream.epoch_of(self.cursor), 4), "beta": beta,
