@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,8 @@ def shrink(value: Any, depth: int = 0) -> Any:
     """A small stand-in for ``value``: long strings cut, long lists and dicts trimmed, nesting bounded."""
     if isinstance(value, str):
         return value if len(value) <= MAX_STR else f"{value[:MAX_STR]}... [{len(value)} characters]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity
     if isinstance(value, (bytes, bytearray)):
         return shrink(bytes(value[: MAX_STR + 1]).decode("utf-8", "replace"), depth)
     if depth >= 3 and isinstance(value, (list, tuple, dict)):

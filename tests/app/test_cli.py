@@ -1,0 +1,101 @@
+"""The documented commands: python -m app --help, python -m app respond ..., and serving with SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOG_")}
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help():
+    r = run("--help")
+    assert r.returncode == 0
+    assert "respond" in r.stdout and "--bundle" in r.stdout and "DIALOG_PORT" in r.stdout
+    r = run("respond", "--help")
+    assert r.returncode == 0 and "-n N" in r.stdout
+
+
+def test_respond_command(tiny_bundle):
+    r = run("respond", "--bundle", str(tiny_bundle), "hi there", "-n", "3", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("# seed 1; 3 of 3 replies") and len(lines) == 4
+    r2 = run("respond", "--bundle", str(tiny_bundle), "hi there", "-n", "3", "--seed", "1")
+    assert r2.stdout == r.stdout  # same seed, same replies
+
+
+def test_respond_command_json(tiny_bundle):
+    import json
+
+    r = run("respond", "--bundle", str(tiny_bundle), "hello", "how are you", "-n", "2", "--strategy", "sample",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["replies"]) == 2 and all("score" in x for x in out["replies"])
+
+
+def test_respond_command_bad_bundle(tmp_path):
+    r = run("respond", "--bundle", str(tmp_path / "missing"), "hi")
+    assert r.returncode == 2 and "bundle folder not found" in r.stderr
+
+
+def test_serve_without_bundle_fails_clearly(tmp_path):
+    r = run("--bundle", str(tmp_path / "missing"), "--port", str(free_port()))
+    assert r.returncode != 0 and "BundleError" in r.stderr and "missing" in r.stderr
+
+
+def test_serve_and_sigterm(tiny_bundle):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOG_")}
+    env["DIALOG_PORT"] = "1"  # the flag below overrides it
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--bundle", str(tiny_bundle), "--port", str(port),
+                             "--torch-threads", "1", "--drain-timeout-s", "5"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/respond", json={"context": ["hi"], "n": 2}, timeout=10)
+        assert r.status_code == 200 and r.json()["n_returned"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal: exit status 0 or "killed by SIGTERM"
+        assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+        log = proc.stdout.read()
+        assert "draining" in log and "POST /respond 200" in log and "Application shutdown complete" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("args", [["--port", "notaport"], ["respond"]])
+def test_bad_arguments(args):
+    r = run(*args)
+    assert r.returncode == 2 and "usage:" in r.stderr
