@@ -1,0 +1,53 @@
+"""The engine's Python API without a server: Engine.from_bundle(path).respond(...)."""
+from __future__ import annotations
+
+import pytest
+
+from app.engine import Engine, EngineClosed, GenerationRequest, InputError
+from model.bundle import BundleError
+
+
+@pytest.fixture
+def engine(tiny_bundle):
+    return Engine.from_bundle(tiny_bundle, device="cpu", torch_threads=1, max_batch_rows=1)
+
+
+def test_respond_locally(engine):
+    result = engine.respond(["hi there"], n=4, seed=3)
+    assert result.n_requested == 4 and result.seed == 3
+    assert [r.score for r in result.replies] == sorted((r.score for r in result.replies), reverse=True)
+    assert engine.respond("hi there", n=4, seed=3).replies == result.replies  # a string is one turn
+
+
+def test_local_and_batched_paths_agree(engine):
+    local = engine.respond(["hi", "hello"], n=3, seed=8, strategy="sample")
+    engine.start()
+    try:
+        served = engine.submit(GenerationRequest(context=["hi", "hello"], n=3, seed=8, strategy="sample"))
+        assert served.result(10).replies == local.replies
+    finally:
+        assert engine.close(5)
+    with pytest.raises(EngineClosed):
+        engine.submit(GenerationRequest(context=["hi"]))
+
+
+def test_input_errors(engine):
+    with pytest.raises(InputError) as e:
+        engine.respond(["\u200b"])
+    assert e.value.loc == ("context", 0)
+    with pytest.raises(InputError):
+        engine.respond(["hi"], n=0)
+    with pytest.raises(InputError):
+        engine.respond(["hi"], max_tokens=engine.config.max_decode_len + 1)
+    with pytest.raises(InputError):
+        engine.respond(["hi"], latents=[[float("nan")] * engine.config.latent_dim])
+
+
+def test_info(engine):
+    info = engine.info()
+    assert info["name"] == "tiny" and info["device"] == "cpu" and info["max_tokens"] == 12
+
+
+def test_bad_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        Engine.from_bundle(tmp_path / "none")
