@@ -51,3 +51,17 @@ def test_info(engine):
 def test_bad_bundle(tmp_path):
     with pytest.raises(BundleError, match="not found"):
         Engine.from_bundle(tmp_path / "none")
+
+
+@pytest.mark.gpu
+def test_engine_on_cuda_matches_replay(tiny_bundle):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    engine = Engine.from_bundle(tiny_bundle, device="auto", max_batch_rows=1)
+    assert engine.info()["device"].startswith("cuda")
+    full = engine.respond(["hi there"], n=4, seed=5, strategy="sample", dedupe=False)
+    for r in full.replies:
+        alone = engine.respond(["hi there"], n=1, seed=r.seed, strategy="sample", dedupe=False).replies[0]
+        assert (alone.text, alone.score) == (r.text, r.score)
