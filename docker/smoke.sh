@@ -52,6 +52,7 @@ SOCK=$WORK/podman.sock
 SERVICE_PID=
 COMPOSE_STARTED=
 BUILT_IMAGES=()
+SKIPPED=
 BUNDLE_KIND=image
 T_START=$(date +%s)
 TIMINGS=()
@@ -96,6 +97,7 @@ cleanup() {
     rm -rf "$WORK"
     local verdict="FAILED (exit $rc)"
     ((rc == 0)) && verdict=PASSED
+    [[ -n $SKIPPED ]] && verdict="SKIPPED: $SKIPPED"
     log "$verdict in $(($(date +%s) - T_START))s"
     ((${#TIMINGS[@]})) && printf '    %s\n' "${TIMINGS[@]}"
     exit "$rc"
@@ -111,13 +113,13 @@ for cmd in "${PKGS[@]}"; do command -v "$cmd" >/dev/null || missing+=("$cmd"); d
 if ((${#missing[@]})); then
     log "installing ${missing[*]} from Debian's packages"
     if ((EUID != 0)); then
-        echo "SKIPPED: ${missing[*]} not installed and not running as root to install them"
+        SKIPPED="${missing[*]} not installed and not running as root to install them"
         exit 0
     fi
     if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${PKGS[@]}"; } \
             >"$WORK/apt.log" 2>&1; then
         tail -n 20 "$WORK/apt.log" | sed 's/^/    /'
-        echo "SKIPPED: podman could not be installed (apt-get failed, log above)"
+        SKIPPED="podman could not be installed (apt-get failed, log above)"
         exit 0
     fi
 fi
@@ -142,7 +144,8 @@ else
         bookworm "$rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
         || { tail -n 30 "$WORK/debootstrap.log"; die "debootstrap failed"; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+    tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >"$WORK/import.log" 2>&1 \
+        || { cat "$WORK/import.log"; die "podman import of the base image failed"; }
     rm -rf "$rootfs"
     podman run --rm "$BASE_IMAGE" python3 -c 'import venv, ssl' || die "$BASE_IMAGE has no working python3"
 fi
