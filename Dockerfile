@@ -8,7 +8,18 @@
 #         deps -> train-venv (+ the train extra and the package); runtime and train copy a venv onto base,
 #         so neither final image carries pip caches, the source tree or a compiler.
 
+# Build arguments. Declared here with their defaults; each stage that uses one names it again (ARG NAME)
+# to bring it into scope.
 ARG BASE_IMAGE=python:3.11-slim
+# Where torch comes from. The default is PyTorch's CPU-only index (an unpinned torch from PyPI pulls a
+# CUDA build of several GB); a GPU image names a CUDA index, e.g. https://download.pytorch.org/whl/cu130.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Extra pip options for every install: "--find-links /wheels" for a local torch wheel, "--index-url URL"
+# for a mirror of PyPI (the torch step's own --index-url still wins there).
+ARG PIP_EXTRA_ARGS=""
+# PIP_CERT (no default): a CA bundle for a TLS-intercepting proxy. pip reads it from the environment,
+# also in the isolated environments where it builds packages, which a --cert option would not reach.
+# When it is not passed nothing is set. Build args do not persist into the images.
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS base
@@ -30,16 +41,8 @@ RUN groupadd --system --gid "${APP_UID}" app \
 
 # ---------------------------------------------------------------------------------------------------
 FROM base AS deps
-
-# Where torch comes from. The default is PyTorch's CPU-only index (an unpinned torch from PyPI pulls a
-# CUDA build of several GB); a GPU image names a CUDA index, e.g. https://download.pytorch.org/whl/cu130.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Extra pip options for every install: "--find-links /wheels" for a local torch wheel, "--index-url URL"
-# for a mirror of PyPI (the torch step's own --index-url still wins there).
-ARG PIP_EXTRA_ARGS=""
-# A CA bundle for a TLS-intercepting proxy, read by pip from the environment, also in the isolated
-# environments where it builds packages (a --cert option would not reach those). No default: when it is
-# not passed nothing is set. Build args do not persist into the images.
+ARG TORCH_INDEX_URL
+ARG PIP_EXTRA_ARGS
 ARG PIP_CERT
 
 WORKDIR /src
@@ -57,12 +60,16 @@ RUN python docker/requirements.py pyproject.toml > /tmp/requirements.txt \
 
 # ---------------------------------------------------------------------------------------------------
 FROM deps AS runtime-venv
+ARG PIP_EXTRA_ARGS
+ARG PIP_CERT
 COPY . .
 # `pip install .`: the package with its data (the default bundle under model/pretrained), no dev extra.
 RUN pip install ${PIP_EXTRA_ARGS} --no-deps -c constraints.txt . && pip check
 
 # ---------------------------------------------------------------------------------------------------
 FROM deps AS train-venv
+ARG PIP_EXTRA_ARGS
+ARG PIP_CERT
 RUN python docker/requirements.py pyproject.toml train > /tmp/requirements-train.txt \
  && pip install ${PIP_EXTRA_ARGS} -c constraints.txt -r /tmp/requirements-train.txt
 COPY . .
@@ -72,11 +79,12 @@ RUN pip install ${PIP_EXTRA_ARGS} --no-deps -c constraints.txt ".[train]" && pip
 # The training CLI: `docker compose run --rm train train --config tiny.toml --out /runs/NAME`.
 FROM base AS train
 COPY --from=train-venv /opt/venv /opt/venv
-# The shipped configs read their corpus from ../shared/data/<corpus>, relative to the working directory,
-# as in a checkout; mount the corpora at /shared/data and they run unchanged. (--config takes a file or
-# the name of a shipped config, which the package carries.)
-WORKDIR /app
 RUN mkdir -p /shared/data
+# Runs go to /runs (a volume, owned by app); relative --out paths land there too. The shipped configs
+# read their corpus from ../shared/data/<corpus>, relative to the working directory as in a checkout:
+# with the corpora mounted at /shared/data they run unchanged. (--config takes a file or the name of a
+# shipped config, which the installed package carries.)
+WORKDIR /runs
 USER app
 VOLUME ["/runs"]
 ENTRYPOINT ["python", "-m", "training"]
