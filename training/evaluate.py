@@ -45,7 +45,7 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
     """Losses with z ~ q(z | c, x) over a split (model in eval mode)."""
     model.eval()
     acc = MetricAccumulator()
-    mus, mis, act_hits, act_total = [], [], 0, 0
+    mus, mis = [], []
     batches = examples.sequential(batch_size)
     if max_batches:
         batches = batches[:max_batches]
@@ -70,7 +70,6 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
         res["active_units"] = active_units(mu)
         res["latent_dim"] = int(mu.shape[1])
         res["mi"] = float(sum(m * w for m, w in mis) / max(sum(w for _, w in mis), 1))
-    del act_hits, act_total
     return res
 
 
@@ -144,6 +143,7 @@ def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = N
         "references": SINGLE_REFERENCE_NOTE,
     })
     if samples_out:
+        Path(samples_out).parent.mkdir(parents=True, exist_ok=True)
         with open(samples_out, "w") as f:
             for g, r in zip(groups, refs):
                 f.write(json.dumps({"reference": r, "replies": g}) + "\n")
