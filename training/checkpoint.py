@@ -35,7 +35,10 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write to a temporary file, fsync, rename over the old file, fsync the folder: a kill at
-    any moment leaves either the old checkpoint or the new one, never a torn file."""
+    any moment leaves either the old checkpoint or the new one, never a torn file. Temporary files left by
+    an earlier process killed mid-write are removed first (each is as large as a checkpoint)."""
+    for stale in path.parent.glob(path.name + ".tmp*"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={"format": FORMAT, "state": json.dumps(meta)})
