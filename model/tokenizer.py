@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -52,7 +53,15 @@ class Tokenizer:
         return cls(Path(path).read_bytes())
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.proto)
+        """Write atomically: training skips retraining when the file exists, so a torn one (a kill
+        mid-write) would stop every resume."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(self.proto)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @property
     def vocab_size(self) -> int:
