@@ -111,6 +111,9 @@ class Trainer:
         self._barrier()
         self.tokenizer = Tokenizer.load(tok_path)
         self.vocabs = Vocabs.build(train_dialogs)
+        if cfg.model.overrides.get("kgcvae") and len(self.vocabs.acts) < 2:
+            raise RunError(f"model.kgcvae needs dialog-act labels, and the {cfg.data.corpus} training "
+                           "split has none: set model.kgcvae=false")
         mc = cfg.model_config(self.tokenizer.vocab_size, n_topics=len(self.vocabs.topics),
                               meta_dim=self.vocabs.meta_dim, n_acts=len(self.vocabs.acts))
         args = (self.tokenizer, self.style, self.vocabs, cfg.data.max_context_turns, cfg.data.max_utt_len)

@@ -1,0 +1,204 @@
+"""The training pipeline end to end on a tiny synthetic corpus: CLI, metrics, bundle, resume,
+evaluation, compare, and a two-process DistributedDataParallel run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from model.bundle import load_bundle, verify_bundle
+from tests.conftest import REPO, TINY_OVERRIDES
+from training.__main__ import main as cli
+from training.config import ConfigError, load_config
+
+
+def sets(corpus: Path, *extra: str) -> list[str]:
+    out = []
+    for item in [*TINY_OVERRIDES, f"data.dir={corpus}", *extra]:
+        out += ["--set", item]
+    return out
+
+
+def train_cli(corpus: Path, out: Path, *extra: str) -> int:
+    return cli(["train", "--config", "training/configs/tiny.toml", "--out", str(out), *sets(corpus, *extra)])
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+
+
+def test_train_writes_metrics_checkpoint_and_bundle(synthetic_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(synthetic_corpus, run) == 0
+    train_rows = [r for r in rows(run) if r.get("split") != "valid"]
+    valid_rows = [r for r in rows(run) if r.get("split") == "valid"]
+    for key in ("step", "beta", "lr", "rc_loss", "kl", "bow_loss", "tokens_per_s"):
+        assert all(key in r for r in train_rows), key
+    assert [r["step"] for r in valid_rows] == [12, 24]
+    assert {"rc_ppl", "kl", "elbo", "bow_loss"} <= set(valid_rows[0])
+    # two cycles of 12 steps, rising over the first 6: up to 1, back to 0 at step 13, up again
+    betas = {r["step"]: r["beta"] for r in train_rows}
+    assert (betas[4], betas[8], betas[12], betas[16], betas[20]) == (0.5, 1.0, 1.0, 0.5, 1.0)
+    manifest, sha = verify_bundle(run / "bundle")
+    assert set(manifest["files"]) == {"model.safetensors", "config.json", "tokenizer.model"}
+    bundle = load_bundle(run / "bundle")
+    assert bundle.sha256 == sha and bundle.text_style == "plain"
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 24
+
+
+def test_bundle_reload_gives_identical_outputs(synthetic_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(synthetic_corpus, run, "train.eval_every=1000") == 0
+    a, b = load_bundle(run / "bundle"), load_bundle(run / "bundle")
+    weights = {k[6:]: v for k, v in final_weights(run).items()}
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k  # no validation ran, so the bundle holds the last step
+    from model.inputs import collate, serving_context
+    turns, flags = serving_context([a.tokenizer.encode("Hello, how are you?")], a.tokenizer.dialog_start_id, 10, 40)
+    batch = collate([turns], [flags])
+    with torch.inference_mode():
+        assert torch.equal(a.model.prior(a.model.encode(batch))[0], b.model.prior(b.model.encode(batch))[0])
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_corpus, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    extra = ("train.steps=40", "train.ckpt_every=5", "train.eval_every=20")
+    assert train_cli(synthetic_corpus, straight, *extra) == 0
+    cmd = [sys.executable, "-m", "training", "train", "--config", "training/configs/tiny.toml",
+           "--out", str(killed), *sets(synthetic_corpus, *extra)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            with safe_open(str(ckpt), framework="pt") as f:
+                if json.loads(f.metadata()["state"])["step"] >= 10:
+                    break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with safe_open(str(ckpt), framework="pt") as f:
+        killed_at = json.loads(f.metadata()["state"])["step"]
+    assert 10 <= killed_at < 40
+    assert train_cli(synthetic_corpus, killed, *extra) == 0
+    a, b = final_weights(straight), final_weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the resumed log has each step once
+    steps = [r["step"] for r in rows(killed) if r.get("split") != "valid"]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+def test_resume_refuses_a_different_config(synthetic_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(synthetic_corpus, run) == 0
+    assert train_cli(synthetic_corpus, run, "train.lr=0.5") == 2
+
+
+def test_corrupt_checkpoint_is_named(synthetic_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_cli(synthetic_corpus, run) == 0
+    ckpt = run / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    assert train_cli(synthetic_corpus, run) == 2
+    assert "checkpoint.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.stpes=3", "train.stpes"), ("model.latent=3", "model.latent"),
+    ("train.steps=abc", "train.steps"), ("schedule.kind=sometimes", "schedule.kind"),
+])
+def test_config_errors_name_the_key(override, needle, capsys):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config("training/configs/tiny.toml", [override])
+    assert cli(["train", "--config", "tiny.toml", "--out", "/nonexistent/x", "--set", override]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: y\nschedule:\n  kind: monotonic\n  warmup_steps: 7\ntrain:\n  steps: 9\n")
+    cfg = load_config(path, ["train.steps=11", "data.corpus=jsonl"])
+    assert (cfg.name, cfg.schedule.kind, cfg.schedule.warmup_steps, cfg.train.steps) == ("y", "monotonic", 7, 11)
+
+
+def test_shipped_configs_load():
+    for path in sorted((REPO / "training" / "configs").glob("*.toml")):
+        cfg = load_config(path)
+        assert cfg.name == path.stem
+    pair = [load_config(REPO / f"training/configs/swda-{k}.toml").to_dict() for k in ("cyclical", "monotonic")]
+    for d in pair:
+        d.pop("name")
+        d["schedule"].pop("kind")
+    assert pair[0] == pair[1]  # the study's pair differs only in the schedule
+
+
+def test_evaluate_and_compare_on_two_tiny_runs(synthetic_corpus, tmp_path):
+    runs = []
+    for kind in ("cyclical", "monotonic"):
+        run = tmp_path / kind
+        assert train_cli(synthetic_corpus, run, f"schedule.kind={kind}", "schedule.warmup_steps=12",
+                         f"name=tiny-{kind}") == 0
+        assert cli(["evaluate", "--bundle", str(run / "bundle"), "--out", str(run / "eval" / "test.json"),
+                    "-n", "3", "--samples", str(run / "eval" / "samples.jsonl")]) == 0
+        runs.append(run)
+    res = json.loads((runs[0] / "eval" / "test.json").read_text())
+    for key in ("rc_ppl", "kl", "elbo", "active_units", "mi", "bleu4_precision", "bleu4_recall",
+                "distinct1_intra", "distinct2_intra", "distinct2_inter", "mean_len", "bundle_sha256"):
+        assert key in res, key
+    assert res["split"] == "test" and res["n_samples"] == 3
+    samples = [json.loads(l) for l in (runs[0] / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == res["n_contexts"] and all(len(s["replies"]) == 3 for s in samples)
+    out = tmp_path / "report"
+    assert cli(["compare", *map(str, runs), "--out", str(out), "--notes", "commands here"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["runs"]) == {"tiny-cyclical", "tiny-monotonic"}
+    assert report["runs"]["tiny-cyclical"]["test"]["rc_ppl"] == pytest.approx(res["rc_ppl"])
+    for png in ("beta.png", "kl.png", "rc_loss.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "commands here" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run(synthetic_corpus, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "training", "train", "--config", "training/configs/tiny.toml", "--out", str(run),
+           *sets(synthetic_corpus, "train.steps=12")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [r["step"] for r in rows(run) if r.get("split") != "valid"]
+    assert steps == [4, 8, 12]  # rank 0 logs alone: each step once
+    with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["state"])["world"] == 2
+    load_bundle(run / "bundle")
+
+
+@pytest.mark.slow
+def test_tiny_config_on_real_swda(tmp_path):
+    from tests.conftest import shared_data
+
+    data = shared_data("swda")
+    run = tmp_path / "tiny"
+    assert cli(["train", "--config", "training/configs/tiny.toml", "--out", str(run),
+                "--set", f"data.dir={data}", "--set", "train.steps=40", "--set", "train.log_every=2",
+                "--set", "train.num_threads=1"]) == 0
+    betas = [r["beta"] for r in rows(run) if r.get("split") != "valid"]
+    assert max(betas) == 1.0 and min(betas[1:]) < 0.5  # cycles: beta falls back after reaching 1
+    assert (run / "bundle" / "manifest.json").is_file()
