@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import CVAEConfig
 from .cvae import CVAE
+from .quantize import MODES as QUANTIZE_MODES
+from .quantize import quantize_decoder
 from .text import STYLES
 from .tokenizer import Tokenizer
 
@@ -88,6 +90,9 @@ def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: st
                 "files": {f: sha256_file(out / f) for f in FILES}}
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
     _write_atomic(out / "manifest.json", data)
+    for name in (*FILES, "manifest.json"):
+        # Readable by a service running as another user (e.g. a container's non-root user).
+        os.chmod(out / name, 0o644)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -123,7 +128,11 @@ def verify_bundle(path: str | Path) -> tuple[dict[str, Any], str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
-def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = "cpu") -> Bundle:
+def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = "cpu",
+                quantize: str = "none") -> Bundle:
+    """Verify and load a bundle; ``quantize='int8'`` quantizes the decoder for CPU serving (model.quantize)."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     root = Path(path)
     _, sha = verify_bundle(root)
     cpath = root / "config.json"
@@ -165,6 +174,11 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = 
         raise BundleError(f"{wpath}: weights do not fit the model in config.json ({detail})")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     model.to(device).eval()
+    if quantize != "none":
+        try:
+            quantize_decoder(model, quantize)
+        except ValueError as e:
+            raise BundleError(f"{root}: cannot quantize: {e}") from None
     extra = {k: v for k, v in config.items() if k not in ("format", "version", "name", "text_style", "model")}
     return Bundle(model=model, tokenizer=tokenizer, config=cfg, name=str(config.get("name", root.name)),
                   text_style=style, sha256=sha, path=root, extra=extra)

@@ -60,6 +60,7 @@ class LoopConfig:
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     bucket: bool = True  # batch examples of similar length together (less padding)
     export_dtype: str = "float32"  # float32 | float16 weights in the exported bundle
+    export: str = "best"  # best (lowest validation ELBO) | last: which weights the bundle gets
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from model.bundle import save_bundle
@@ -252,7 +253,6 @@ class Trainer:
                          res["elbo"])
                 if res["elbo"] < self.best:
                     self.best = res["elbo"]
-                    from safetensors.torch import save_file
                     tmp = self.out / "best.safetensors.tmp"
                     save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
                               str(tmp), metadata={"step": str(t), "elbo": str(res["elbo"])})
@@ -270,16 +270,28 @@ class Trainer:
         return bundle
 
     def export(self, bundle: Path) -> None:
+        lc = self.cfg.train
+        if lc.export not in ("best", "last") or lc.export_dtype not in ("float32", "float16"):
+            raise RunError("train.export must be best or last, train.export_dtype float32 or float16")
         best = self.out / "best.safetensors"
         model = CVAE(self.model.cfg)
-        model.load_state_dict(load_file(str(best)) if best.exists() else self.model.state_dict())
-        dtype = {"float32": torch.float32, "float16": torch.float16}[self.cfg.train.export_dtype]
+        selected, how = self.step, "last step"
+        if lc.export == "best" and best.exists():
+            with safe_open(str(best), framework="pt") as f:
+                selected = int((f.metadata() or {}).get("step", -1))
+            model.load_state_dict(load_file(str(best)))
+            how = "lowest validation ELBO"
+        else:
+            model.load_state_dict(self.model.state_dict())
+        dtype = {"float32": torch.float32, "float16": torch.float16}[lc.export_dtype]
         sha = save_bundle(bundle, model.cpu(), self.tokenizer, name=self.cfg.name, text_style=self.style,
                           dtype=dtype, extra={"vocabs": self.vocabs.to_dict(),
                                               "data": {"corpus": self.cfg.data.corpus,
                                                        "dir": self.cfg.data.dir},
                                               "training": {"config": self.cfg.to_dict(),
-                                                           "steps": self.step}})
+                                                           "steps": self.step,
+                                                           "selected_step": selected,
+                                                           "selected_by": how}})
         log.info("exported %s (sha256 %s)", bundle, sha)
 
 

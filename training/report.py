@@ -292,6 +292,21 @@ def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: s
     else:
         lines.append(f"No run has eval/test.json: {NOT_EVALUATED}.")
 
+    by = _by_schedule(runs)
+    if len(by) < len(runs):  # several seeds per schedule: show means
+        kinds = list(by)
+        for part, label in (("final_valid", "final validation"), ("test", "test")):
+            means = [by[k].get(f"{part}_mean") for k in kinds]
+            if not all(means):
+                continue
+            order = VALID_ORDER if part == "final_valid" else TEST_ORDER
+            keys = [k for k in _ordered_keys(means, order) if k not in ("step", "beta", "seed")]
+            lines += ["", f"## Mean over seeds: {label}", ""]
+            body = [[k] + [f"{fmt(by[kd][f'{part}_mean'][k])} ({fmt(by[kd][f'{part}_min'][k])} to "
+                           f"{fmt(by[kd][f'{part}_max'][k])})" for kd in kinds] for k in keys]
+            lines += _table(["metric", *[f"{k} ({len(by[k]['runs'])} runs): mean (min to max)" for k in kinds]],
+                            body, numeric=False)
+
     lines += ["", "## Plots", ""]
     captions = {
         "beta": "KL weight beta against the step",
@@ -317,10 +332,16 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
         raise ValueError("compare needs at least one run directory")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = [(Path(d), load_run(Path(d))) for d in run_dirs]
+    # Runs of one config with different seeds are told apart by their seed.
+    names = [str(r["config"].get("name") or d.resolve().name) for d, r in loaded]
     runs: dict[str, dict] = {}
-    for run_dir in map(Path, run_dirs):
-        run = load_run(run_dir)
-        runs[_run_name(run["config"], run_dir, set(runs))] = run
+    for (run_dir, run), base in zip(loaded, names):
+        config = run["config"]
+        seed = (config.get("train") or {}).get("seed")
+        if names.count(base) > 1 and seed is not None:
+            config = {**config, "name": f"{base}-s{seed}"}
+        runs[_run_name(config, run_dir, set(runs))] = run
     title = title or "Run comparison: " + " vs ".join(runs)
 
     plots = write_plots(runs, out_dir)
@@ -334,10 +355,29 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
             for name, run in runs.items()
         },
     }
+    report["by_schedule"] = _by_schedule(runs)
     report = _json_safe(report)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     log.info("wrote %s", out_dir / "report.md")
     return report
+
+
+def _by_schedule(runs: dict[str, dict]) -> dict[str, dict]:
+    """Mean and spread over the runs (seeds) of each schedule, for the final validation and the
+    test metrics: {kind: {"runs": [...], "test_mean": {...}, "test_min": ..., "final_valid_mean": ...}}."""
+    out: dict[str, dict] = {}
+    for kind in dict.fromkeys(r["schedule"] for r in runs.values()):
+        members = [n for n, r in runs.items() if r["schedule"] == kind]
+        entry: dict[str, Any] = {"runs": members}
+        for part in ("test", "final_valid"):
+            dicts = [runs[n][part] for n in members if runs[n][part]]
+            keys = [k for k in (dicts[0] if dicts else {}) if all(_is_number(d.get(k)) for d in dicts)]
+            if dicts and keys:
+                entry[f"{part}_mean"] = {k: float(np.mean([d[k] for d in dicts])) for k in keys}
+                entry[f"{part}_min"] = {k: float(np.min([d[k] for d in dicts])) for k in keys}
+                entry[f"{part}_max"] = {k: float(np.max([d[k] for d in dicts])) for k in keys}
+        out[kind] = entry
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
