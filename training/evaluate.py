@@ -75,9 +75,11 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
 
 @torch.no_grad()
 def sample_replies(bundle: Any, examples: Any, n_samples: int, batch_size: int, seed: int,
-                   max_contexts: int = 0, progress: bool = True) -> tuple[list[list[str]], list[str]]:
+                   max_contexts: int = 0, progress: bool = True,
+                   contexts: list[list[str]] | None = None) -> tuple[list[list[str]], list[str]]:
     """For each example's context: n_samples prior z's, each decoded greedily. Returns the replies
-    (detokenised text) grouped per context and the reference reply texts."""
+    (detokenised text) grouped per context and the reference reply texts; appends each context's
+    turns (as the model sees them, the start marker as "") to ``contexts`` when given."""
     model, tok, style = bundle.model, bundle.tokenizer, bundle.text_style
     device = bundle.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -98,19 +100,22 @@ def sample_replies(bundle: Any, examples: Any, n_samples: int, batch_size: int, 
             groups.append(texts[j * n_samples:(j + 1) * n_samples])
             di, ti = examples.examples[int(ix)]
             refs.append(detokenize(tok.decode(examples.dialogs[di].turns[ti]), style))
+            if contexts is not None:
+                start = max(0, ti - examples.max_context_turns)
+                contexts.append([detokenize(tok.decode(u), style) for u in examples.dialogs[di].turns[start:ti]])
     return groups, refs
 
 
 def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = None,
              data_dir: str | None = None, n_samples: int = 5, batch_size: int = 64, seed: int = 1,
-             device: str = "auto", max_contexts: int = 0, samples_out: str | Path | None = None
-             ) -> dict[str, Any]:
+             device: str = "auto", max_contexts: int = 0, samples_out: str | Path | None = None,
+             quantize: str = "none") -> dict[str, Any]:
     from .batching import ExampleSet, Vocabs
     from .data import read_corpus
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    bundle = load_bundle(bundle_dir, device=dev)
+    bundle = load_bundle(bundle_dir, device=dev, quantize=quantize)  # int8: decoder quantized (CPU)
     data = bundle.extra.get("data", {})
     corpus = corpus or data.get("corpus")
     data_dir = data_dir or data.get("dir")
@@ -124,7 +129,9 @@ def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = N
     log.info("evaluating %s on %s/%s: %d contexts", bundle.name, corpus, split, len(examples))
     torch.manual_seed(seed)
     res: dict[str, Any] = posterior_metrics(bundle.model, examples, batch_size, dev, progress=True)
-    groups, refs = sample_replies(bundle, examples, n_samples, batch_size, seed, max_contexts)
+    contexts: list[list[str]] = []
+    groups, refs = sample_replies(bundle, examples, n_samples, batch_size, seed, max_contexts,
+                                  contexts=contexts)
     hyp_words = [[words(t) for t in g] for g in groups]
     ref_words = [words(r) for r in refs]
     bleu_sums: dict[str, float] = {}
@@ -139,12 +146,12 @@ def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = N
         "mean_len": float(np.mean([len(h) for g in hyp_words for h in g])) if groups else 0.0,
         "n_contexts": len(groups), "n_samples": n_samples, "decoding": "greedy per prior sample",
         "bundle": str(bundle_dir), "bundle_name": bundle.name, "bundle_sha256": bundle.sha256,
-        "corpus": corpus, "data_dir": str(data_dir), "split": split, "seed": seed,
+        "corpus": corpus, "data_dir": str(data_dir), "split": split, "seed": seed, "quantize": quantize,
         "references": SINGLE_REFERENCE_NOTE,
     })
     if samples_out:
         Path(samples_out).parent.mkdir(parents=True, exist_ok=True)
         with open(samples_out, "w") as f:
-            for g, r in zip(groups, refs):
-                f.write(json.dumps({"reference": r, "replies": g}) + "\n")
+            for c, g, r in zip(contexts, groups, refs):
+                f.write(json.dumps({"context": c, "reference": r, "replies": g}) + "\n")
     return res
