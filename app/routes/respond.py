@@ -29,6 +29,7 @@ def require_api_key(rt: RuntimeDep,
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed request: a body that is not UTF-8 JSON, or a bad Content-Length"},
     401: {"description": "missing or wrong API key (when one is set)"},
     413: {"description": "request body too large"},
     429: {"description": "too many requests in progress; see Retry-After"},
