@@ -64,6 +64,14 @@ def router(settings: Settings) -> APIRouter:
         except asyncio.TimeoutError:
             future.cancel()
             raise HTTPException(504, f"the request exceeded its time limit of {timeout:g} s") from None
+        except asyncio.CancelledError:
+            future.cancel()  # the batcher skips it: no work for a request nobody waits for
+            if not rt.draining:
+                raise
+            # The drain timeout passed and the server cancels what is still running: answer 503 (retry
+            # elsewhere) instead of the 500 the cancellation would otherwise become.
+            raise HTTPException(503, "not ready: draining (the drain timeout passed before this request ran)",
+                                headers={"Retry-After": "1"}) from None
         except EngineClosed:
             raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
         except Exception:
