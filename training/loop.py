@@ -5,6 +5,7 @@ schedule, a pure function of the step, so a resumed run computes the same values
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import math
@@ -165,15 +166,9 @@ class Trainer:
             ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"{self.ckpt_path}: does not fit this model: {e}") from None
-        self.opt.load_state_dict(self.opt.state_dict())  # moves moments to the parameters' device
-        for st in self.opt.state.values():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    st[k] = v.to(self.device)
         torch.set_rng_state(tensors["rng.torch"])
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        import ast
         random.setstate(ast.literal_eval(meta["rng_python"]))
         ns = meta["rng_numpy"]
         np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
