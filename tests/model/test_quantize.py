@@ -1,0 +1,120 @@
+"""Int8 decoder quantization (model.quantize): what it changes, what it leaves alone, and its outputs pinned."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, save_bundle
+from model.config import BOS_ID, preset
+from model.cvae import CVAE
+from model.decoding import decode
+from model.quantize import is_quantized, quantize_decoder, quantize_engine
+
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning")]
+
+needs_int8 = pytest.mark.skipif(quantize_engine() is None, reason="this torch build has no fbgemm/x86 kernels")
+
+
+def tiny_model(seed: int = 0) -> CVAE:
+    torch.manual_seed(seed)
+    return CVAE(preset("tiny", vocab_size=64, max_decode_len=12)).eval()
+
+
+def test_none_is_a_no_op():
+    m = tiny_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    assert quantize_decoder(m, "none") is m
+    assert not is_quantized(m)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown quantization"):
+        quantize_decoder(tiny_model(), "int4")
+
+
+@needs_int8
+def test_only_the_decoder_is_quantized_and_encoders_keep_their_outputs():
+    ref, m = tiny_model(), tiny_model()
+    quantize_decoder(m, "int8")
+    assert is_quantized(m)
+    assert type(m.decoder.out) is not nn.Linear and type(m.decoder.rnn) is not nn.GRU
+    assert type(m.decoder.init) is nn.Linear and type(m.utt_encoder.rnn) is nn.GRU
+    from model.inputs import collate
+
+    batch = collate([[[BOS_ID, 5, 6, 3], [BOS_ID, 7, 3]]], [[0, 1]])
+    with torch.inference_mode():
+        assert torch.equal(ref.encode(batch), m.encode(batch))
+    assert quantize_decoder(m, "int8") is m  # idempotent
+
+
+@needs_int8
+def test_quantized_step_is_close_to_fp32():
+    ref, m = tiny_model(), quantize_decoder(tiny_model(), "int8")
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(4, 64, (6,), generator=g)
+    state = torch.randn(6, ref.cfg.dec_hidden, generator=g) * 0.5
+    with torch.inference_mode():
+        lr, sr = ref.decode_step(tokens, state)
+        lq, sq = m.decode_step(tokens, state)
+    assert (lr - lq).abs().max() < 0.05 * lr.abs().max()
+    assert (sr - sq).abs().max() < 0.05
+
+
+@needs_int8
+def test_quantized_decoding_is_deterministic_and_row_wise():
+    m = quantize_decoder(tiny_model(), "int8")
+    g = torch.Generator().manual_seed(2)
+    cond = torch.randn(4, m.cfg.cond_dim, generator=g)
+    z = torch.randn(4, m.cfg.latent_dim, generator=g)
+    a = decode(m, cond, z, 12)
+    b = decode(m, cond, z, 12)
+    assert a.tokens == b.tokens and a.logprob == b.logprob
+    # int8 products accumulate exactly in integers, so a row alone decodes as it does in the batch
+    alone = [decode(m, cond[i:i + 1], z[i:i + 1], 12).tokens[0] for i in range(4)]
+    assert alone == a.tokens
+
+
+def test_quantization_refuses_a_cuda_model(monkeypatch):
+    m = tiny_model()
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
+    with pytest.raises(ValueError, match="CPU only"):
+        quantize_decoder(m, "int8")
+
+
+@needs_int8
+def test_load_bundle_quantize(tmp_path):
+    from tests.app.conftest import build_tiny_bundle
+
+    path = build_tiny_bundle(tmp_path / "tiny")
+    plain = load_bundle(path)
+    q = load_bundle(path, quantize="int8")
+    assert not is_quantized(plain.model) and is_quantized(q.model)
+    assert q.sha256 == plain.sha256  # the same bundle, quantized on load
+    with pytest.raises(ValueError, match="unknown quantization"):
+        load_bundle(path, quantize="fp8")
+
+
+# Pinned replies of the shipped model with its decoder in int8 (greedy, seeded): a change to the
+# quantization or to decoding shows up here. fp32 and int8 agree on most replies; see docs/benchmarks.md.
+PINNED_CONTEXT = ["Hi, how are you doing today?"]
+PINNED_INT8 = ["I'd like to speak to please.", "I'm going to be voting.", "Nothing's going to be a party.",
+               "I'm going to be a party with a new dinner.", "Yes, it has been up in the past six years."]
+
+
+@needs_int8
+@pytest.mark.skipif(not DEFAULT_BUNDLE.is_dir(), reason="the default bundle is not installed")
+def test_default_bundle_int8_replies_pinned():
+    from app.engine import Engine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = Engine.from_bundle(DEFAULT_BUNDLE, device="cpu", torch_threads=1, quantize="int8")
+    res = engine.respond(PINNED_CONTEXT, n=5, seed=0, dedupe=False)
+    texts = [r.text for r in sorted(res.replies, key=lambda r: r.sample_index)]
+    assert engine.info()["quantize"] == "int8"
+    assert texts == PINNED_INT8
