@@ -97,7 +97,7 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
     active = torch.arange(B, device=device)
     prev = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
     tokens: list[list[int]] = [[] for _ in range(B)]
-    logprob = torch.zeros(B, dtype=torch.float64)
+    logprob = [0.0] * B  # float64 sums, as Python floats: per-row tensor indexing costs more than the step
     n_scored = [0] * B
     finish = ["length"] * B
     if strategy == "sample" and uniforms is None:
@@ -112,7 +112,7 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
             assert uniforms is not None
             nxt = sample_from(filter_logits(logits, temperature, top_k, top_p),
                               uniforms[active.cpu(), t].to(device))
-        chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1).double().cpu()
+        chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1).double().cpu().tolist()
         nxt_cpu = nxt.cpu().tolist()
         rows = active.cpu().tolist()
         keep = []
@@ -130,4 +130,4 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
             keep_t = torch.tensor(keep, device=device)
             active, state, nxt = active[keep_t], state[keep_t], nxt[keep_t]
         prev = nxt
-    return Decoded(tokens, logprob.tolist(), n_scored, finish)
+    return Decoded(tokens, logprob, n_scored, finish)
