@@ -28,7 +28,8 @@ SERVE_FLAGS: list[tuple[str, type | None, str]] = [
     ("max_wait_ms", float, "longest a batch waits for more rows"),
     ("queue_size", int, "most requests in progress; more get 429"),
     ("request_timeout_s", float, "per-request time limit (504 after it)"),
-    ("torch_threads", int, "torch threads (0: min(4, cores))"),
+    ("torch_threads", int, "torch threads (0: min(4, cores - 1), at least 1)"),
+    ("quantize", str, "decoder weights: none or int8 (CPU; faster, slightly different replies)"),
     ("api_key", str, "require 'Authorization: Bearer KEY' on /respond (prefer DIALOG_API_KEY)"),
     ("cors_origins", str, "comma-separated allowed CORS origins"),
     ("drain_timeout_s", float, "how long in-flight requests may finish on SIGTERM"),
@@ -75,7 +76,7 @@ def respond_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--no-dedupe", dest="dedupe", action="store_false")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds"})
+    _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize"})
     return p
 
 
@@ -121,7 +122,7 @@ def respond(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         engine = Engine.from_bundle(s.bundle, device=s.device, torch_threads=s.torch_threads, max_n=s.max_n,
-                                    dedupe_rounds=s.dedupe_rounds)
+                                    dedupe_rounds=s.dedupe_rounds, quantize=s.quantize)
         result = engine.respond(args.turns, n=args.n, seed=args.seed, strategy=args.strategy,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 latent_temperature=args.latent_temperature, max_tokens=args.max_tokens,

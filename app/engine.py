@@ -35,6 +35,7 @@ from model import decoding
 from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from model.config import BOS_ID, PAD_ID, UNK_ID
 from model.inputs import collate, serving_context
+from model.quantize import quantize_decoder
 from model.text import detokenize, normalize
 
 from .batching import Batcher, EngineClosed, Observer, QueueFull
@@ -142,7 +143,10 @@ class Engine:
 
     def __init__(self, bundle: Bundle, *, max_n: int = 16, max_tokens: int | None = None,
                  max_batch_rows: int = 64, max_wait_ms: float = 5.0, queue_size: int = 64,
-                 dedupe_rounds: int = 3, observer: Observer | None = None):
+                 dedupe_rounds: int = 3, observer: Observer | None = None, quantize: str = "none"):
+        if quantize != "none":
+            quantize_decoder(bundle.model, quantize)  # int8 decoder: see model.quantize
+        self.quantize = quantize
         self.bundle = bundle
         self.model = bundle.model
         self.tokenizer = bundle.tokenizer
@@ -202,7 +206,7 @@ class Engine:
         return {"name": self.bundle.name, "sha256": self.bundle.sha256, "text_style": self.bundle.text_style,
                 "config": self.config.to_dict(), "vocab_size": self.tokenizer.vocab_size,
                 "device": str(self.device), "max_tokens": self.max_tokens, "max_n": self.max_n,
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), "quantize": self.quantize}
 
     # ----- request preparation (cheap, no torch) ----------------------------------------------------
     def prepare(self, req: GenerationRequest) -> _Job:
@@ -247,10 +251,10 @@ class Engine:
         """Decode every pending row of ``jobs``, rows sharing decoding options in shared calls."""
         with torch.inference_mode():
             groups: dict[tuple[Any, ...], list[tuple[_Job, list[int], torch.Tensor, torch.Tensor | None]]] = {}
+            self._encode_new(jobs)
             for job in jobs:
                 try:
                     if job.cond is None:
-                        job.t_start = time.monotonic()
                         self._encode(job)
                     z, u = self._latents(job)
                 except Exception as e:
@@ -264,14 +268,32 @@ class Engine:
             if not job.done and not job.future.done() and not job.pending:
                 self._end_round(job)
 
-    def _encode(self, job: _Job) -> None:
+    def _encode_new(self, jobs: list[_Job]) -> None:
+        """Encode the contexts of the jobs new to this step, in one call when batching is on (a context's
+        condition then rounds with the batch's shape, as decoding does); a failure leaves them to
+        :meth:`_encode` one by one, so that only the failing request fails."""
+        new = [j for j in jobs if j.cond is None]
+        now = time.monotonic()
+        for job in new:
+            job.t_start = now
+        if len(new) < 2 or self.batcher.max_batch_rows == 1:
+            return
+        try:
+            self._encode(*new)
+        except Exception:
+            for job in new:
+                job.cond = None
+
+    def _encode(self, *jobs: _Job) -> None:
         cfg = self.config
-        turns, flags = serving_context(job.turn_ids, self.tokenizer.dialog_start_id,
-                                       cfg.max_context_turns, cfg.max_utt_len)
-        batch = collate([turns], [flags]).to(self.device)
-        job.cond = self.model.encode(batch)  # (1, cond_dim)
-        mu, logvar = self.model.prior(job.cond)  # (1, Z) each
-        job.mu, job.std = mu, (0.5 * logvar).exp()
+        contexts = [serving_context(job.turn_ids, self.tokenizer.dialog_start_id, cfg.max_context_turns,
+                                    cfg.max_utt_len) for job in jobs]
+        batch = collate([t for t, _ in contexts], [f for _, f in contexts]).to(self.device)
+        cond = self.model.encode(batch)  # (J, cond_dim)
+        mu, logvar = self.model.prior(cond)  # (J, Z) each
+        std = (0.5 * logvar).exp()
+        for i, job in enumerate(jobs):
+            job.cond, job.mu, job.std = cond[i:i + 1], mu[i:i + 1], std[i:i + 1]
 
     def _seeds(self, job: _Job, indices: list[int]) -> list[int]:
         return [(job.seed + i) % SEED_MOD for i in indices]
@@ -373,8 +395,10 @@ class Engine:
 
 
 def set_torch_threads(n: int = 0) -> int:
-    """Intra-op threads for torch: ``n``, or min(4, CPU cores) when 0. Returns the number set."""
-    n = n or min(4, os.cpu_count() or 1)
+    """Intra-op threads for torch: ``n``, or min(4, CPU cores - 1) (at least 1) when 0: one core stays free for
+    the HTTP server's event loop, which otherwise fights the decode loop for it (docs/benchmarks.md: on two
+    cores, one torch thread serves 1.5x the replies/s of two). Returns the number set."""
+    n = n or max(1, min(4, (os.cpu_count() or 1) - 1))
     torch.set_num_threads(n)
     return n
 

@@ -35,7 +35,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise BundleError(f"{e}{hint}") from None
     engine = Engine(bundle, max_n=s.max_n, max_tokens=s.max_tokens, max_batch_rows=s.max_batch_rows,
                     max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, dedupe_rounds=s.dedupe_rounds,
-                    observer=rt.metrics.observer())
+                    observer=rt.metrics.observer(), quantize=s.quantize)
     engine.start()
     rt.engine = engine
     log.info("loaded bundle %s (%s, sha256 %s) on %s with %d torch threads", bundle.name, path,

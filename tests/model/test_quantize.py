@@ -118,3 +118,26 @@ def test_default_bundle_int8_replies_pinned():
     texts = [r.text for r in sorted(res.replies, key=lambda r: r.sample_index)]
     assert engine.info()["quantize"] == "int8"
     assert texts == PINNED_INT8
+
+
+@needs_int8
+def test_service_setting_and_cli_flag(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from app.__main__ import respond_parser, serve_parser
+    from app.engine import Engine
+    from app.settings import Settings
+    from tests.app.conftest import build_tiny_bundle
+
+    monkeypatch.setenv("DIALOG_QUANTIZE", "int8")
+    assert Settings().quantize == "int8"
+    monkeypatch.delenv("DIALOG_QUANTIZE")
+    assert Settings().quantize == "none"
+    with pytest.raises(ValidationError):
+        Settings(quantize="int4")
+    assert serve_parser().parse_args(["--quantize", "int8"]).quantize == "int8"
+    assert respond_parser().parse_args(["hi", "--quantize", "int8"]).quantize == "int8"
+    engine = Engine.from_bundle(build_tiny_bundle(tmp_path / "tiny"), device="cpu", torch_threads=1,
+                                quantize="int8")
+    assert is_quantized(engine.model) and engine.info()["quantize"] == "int8"
+    assert engine.respond(["hi there"], n=3, seed=1).n_returned >= 1
