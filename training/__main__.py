@@ -29,7 +29,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         data[key.split(".")[1]] = value
     res = evaluate(args.bundle, split=args.split, corpus=data.get("corpus"), data_dir=data.get("dir"),
                    n_samples=args.n, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                   max_contexts=args.max_contexts, samples_out=args.samples)
+                   max_contexts=args.max_contexts, samples_out=args.samples, quantize=args.quantize)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--max-contexts", type=int, default=0, help="evaluate only the first N (0 = all)")
     e.add_argument("--samples", help="also write the sampled replies as JSONL here")
+    e.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="evaluate with the decoder quantized to int8, as served with DIALOG_QUANTIZE=int8 (CPU)")
     e.set_defaults(func=_evaluate)
 
     c = sub.add_parser("compare", help="report comparing runs: report.md, report.json, plots")
