@@ -335,11 +335,12 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
     loaded = [(Path(d), load_run(Path(d))) for d in run_dirs]
     # Runs of one config with different seeds are told apart by their seed.
     names = [str(r["config"].get("name") or d.resolve().name) for d, r in loaded]
+    seeds = [(r["config"].get("train") or {}).get("seed") for _, r in loaded]
     runs: dict[str, dict] = {}
-    for (run_dir, run), base in zip(loaded, names):
+    for (run_dir, run), base, seed in zip(loaded, names, seeds):
         config = run["config"]
-        seed = (config.get("train") or {}).get("seed")
-        if names.count(base) > 1 and seed is not None:
+        same = [s for n, s in zip(names, seeds) if n == base]
+        if len(same) > 1 and None not in same and len(set(same)) == len(same):
             config = {**config, "name": f"{base}-s{seed}"}
         runs[_run_name(config, run_dir, set(runs))] = run
     title = title or "Run comparison: " + " vs ".join(runs)

@@ -109,6 +109,19 @@ def test_run_names_fall_back_to_dir_and_get_schedule_and_unique(tmp_path):
     assert report["title"] == "Run comparison: a-cyclical vs swda-cyclical vs swda-cyclical-2"
 
 
+def test_runs_of_one_config_with_different_seeds_are_named_by_seed(tmp_path):
+    runs = []
+    for seed in (1, 2):
+        run = make_run(tmp_path, f"r{seed}", "swda", "cyclical", cyclical_beta)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["train"]["seed"] = seed
+        (run / "config.json").write_text(json.dumps(cfg))
+        runs.append(run)
+    report = compare(runs, tmp_path / "out")
+    assert list(report["runs"]) == ["swda-s1-cyclical", "swda-s2-cyclical"]
+    assert report["by_schedule"]["cyclical"]["runs"] == ["swda-s1-cyclical", "swda-s2-cyclical"]
+
+
 def test_compare_survives_empty_run_dir(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
