@@ -138,6 +138,9 @@ class Trainer:
         self.step, self.cursor, self.best = 0, 0, math.inf
         if self.ckpt_path.exists():
             self._resume()
+        elif self.is_main:
+            # A start killed before its first checkpoint leaves rows that this start logs again.
+            _truncate_metrics(self.out / "metrics.jsonl", 0)
 
     # ----- checkpoints ------------------------------------------------------------------------
     def _save(self) -> None:
