@@ -143,11 +143,11 @@ def _wait_for(proc: subprocess.Popen[bytes], done: Any, limit_s: float, poll_s: 
 MODES = ("at a random step", "during checkpoint write", "at a random time")
 
 
-def run_killed(config: Path, out: Path, kills: int, steps: int, rng: random.Random, timeout: float = 600,
-               before_final: Callable[[Path], None] | None = None) -> list[dict[str, Any]]:
+def run_killed(config: Path, out: Path, kills: int, steps: int, ckpt_every: int, rng: random.Random,
+               timeout: float = 600, before_final: Callable[[Path], None] | None = None) -> list[dict[str, Any]]:
     """Start, kill, resume ... ``kills`` times, then let the run finish. Returns one record per start.
 
-    Kill modes, in turn: once the logged step reaches a random step past the last checkpoint; the moment a
+    Kill modes, in turn: once the logged step reaches a random step past the next checkpoint; the moment a
     checkpoint's temporary file exists (inside a checkpoint write); at a random time in the first 4 s (start-up:
     reading data, training the tokenizer, resuming)."""
     records: list[dict[str, Any]] = []
@@ -164,15 +164,21 @@ def run_killed(config: Path, out: Path, kills: int, steps: int, rng: random.Rand
             t0 = time.monotonic()
             if i < kills:
                 mode = MODES[i % len(MODES)]
+                if (before or 0) >= steps:  # only the export is left: a kill can land only in time
+                    mode = "at a random time"
                 rec["mode"] = mode
                 if mode == "at a random step":
-                    target = rng.randint((before or 0) + 1, steps)
+                    # past the next checkpoint but before the one after, so every such kill loses some steps
+                    # and the run still advances: the kills spread over the whole run
+                    lo = min(steps, (before or 0) + ckpt_every + 1)
+                    target = rng.randint(lo, min(steps, max(lo, (before or 0) + 2 * ckpt_every - 1)))
                     rec["target_step"] = target
-                    _wait_for(proc, lambda: logged_step(out) >= target, timeout, 0.002)
+                    # metrics.jsonl shows the last start's progress until this one resumes (and truncates it)
+                    started = lambda: before is None or b"resumed from" in logf.read_bytes()  # noqa: E731
+                    _wait_for(proc, lambda: started() and logged_step(out) >= target, timeout, 0.002)
                 elif mode == "during checkpoint write":
-                    rec["tmp_seen"] = _wait_for(
-                        proc, lambda: any(n.startswith("checkpoint.safetensors.tmp") for n in os.listdir(out)),
-                        timeout, 0.0002)
+                    tmp = out / f"checkpoint.safetensors.tmp{proc.pid}"  # this process's own temporary file
+                    rec["tmp_seen"] = _wait_for(proc, tmp.exists, timeout, 0.0002)
                 else:
                     time.sleep(rng.uniform(0.0, 4.0))
                 if proc.poll() is None:
@@ -246,7 +252,8 @@ def killtest(work: Path, kills: int = 6, steps: int = 200, ckpt_every: int = 20,
         raise RuntimeError(f"reference run failed:\n{r.stderr[-2000:]}")
     ref_seconds = time.monotonic() - t0
     log.info("reference run: %d steps in %.1f s", steps, ref_seconds)
-    records = run_killed(config, killed, kills, steps, random.Random(seed), before_final=before_final)
+    records = run_killed(config, killed, kills, steps, ckpt_every, random.Random(seed),
+                         before_final=before_final)
     diff = same_weights(weights(ref), weights(killed)) if records[-1]["exit"] == 0 else ["(no final weights)"]
     same_losses = records[-1]["exit"] == 0 and train_losses(ref) == train_losses(killed)
     n_kills = sum(1 for r in records if r["exit"] == -signal.SIGKILL)

@@ -37,8 +37,10 @@ def test_sigterm_under_load_drains(rel_bundle):
         d = drain(srv, in_flight=8)
         log = srv.log()
     assert d["in_flight"] == {"200": 8}, d
-    assert set(d["readyz_after_sigterm"]) <= {"503", "refused"} and d["readyz_after_sigterm"], d
-    assert set(d["new_requests_after_sigterm"]) <= {"503", "refused"}, d
+    after = d["after_sigterm"]
+    assert all(set(c) <= {"503", "refused"} for c in after.values()), d
+    # over a connection held open, readiness answers 503 at once; new connections may find the port closed
+    assert d["first_after_sigterm"]["keepalive /readyz"].startswith("503"), d
     assert d["exit_status"] in (0, -15) and d["exit_after_s"] < 5, d
     assert "draining" in log
 

@@ -51,8 +51,8 @@ def test_no_unsafe_deserialisation_in_the_source_tree():
 
 
 def test_the_grep_catches_what_it_should():
-    bad = ["import pickle", "x = torch.load(path)", "torch.load(p, map_location='cpu')", "np.load(f, allow_pickle=True)",
-           "yaml.load(text)", "eval(s)"]
+    bad = ["import pickle", "x = torch.load(path)", "torch.load(p, map_location='cpu')",
+           "np.load(f, allow_pickle=True)", "yaml.load(text)", "eval(s)"]
     good = ["torch.load(p, weights_only=True)", "yaml.safe_load(text)", "ast.literal_eval(s)", "np.load(f)",
             "model.eval()", "safetensors.torch.load_file(p)"]
     assert all(any(p.search(b) for p in UNSAFE.values()) for b in bad)
