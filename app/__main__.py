@@ -8,6 +8,8 @@ import argparse
 import json
 import logging
 import sys
+import threading
+import time
 from typing import Any
 
 from .settings import Settings
@@ -33,6 +35,7 @@ SERVE_FLAGS: list[tuple[str, type | None, str]] = [
     ("api_key", str, "require 'Authorization: Bearer KEY' on /respond (prefer DIALOG_API_KEY)"),
     ("cors_origins", str, "comma-separated allowed CORS origins"),
     ("drain_timeout_s", float, "how long in-flight requests may finish on SIGTERM"),
+    ("drain_grace_s", float, "after SIGTERM, keep listening (answering 503) this long before closing"),
 ]
 
 
@@ -100,8 +103,29 @@ def serve(argv: list[str]) -> int:
     runtime = app.state.runtime
 
     class Server(uvicorn.Server):
+        """On the first SIGTERM/SIGINT: readiness and /respond turn 503 at once, while the socket stays
+        open for ``drain_grace_s`` and until in-flight requests finish (at most ``drain_timeout_s``);
+        then uvicorn's own graceful shutdown runs. A second signal stops at once."""
+
+        draining_since: float | None = None
+
         def handle_exit(self, sig: int, frame: Any) -> None:
-            runtime.start_draining()  # readiness 503 and new requests refused at once
+            if self.draining_since is not None:
+                super().handle_exit(sig, frame)
+                return
+            self.draining_since = time.monotonic()
+            runtime.start_draining()
+            threading.Thread(target=self._stop_when_drained, args=(sig, frame), daemon=True,
+                             name="drain").start()
+
+        def _stop_when_drained(self, sig: int, frame: Any) -> None:
+            start = self.draining_since or time.monotonic()
+            time.sleep(settings.drain_grace_s)
+            while runtime.metrics.active > 0 and time.monotonic() - start < settings.drain_timeout_s:
+                time.sleep(0.02)
+            # What is left of the drain timeout bounds uvicorn's own wait for open requests.
+            left = settings.drain_timeout_s - (time.monotonic() - start)
+            self.config.timeout_graceful_shutdown = max(1, int(left + 0.999))
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

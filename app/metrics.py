@@ -18,6 +18,7 @@ class Metrics:
         self.latency = Histogram("dialog_http_request_duration_seconds", "HTTP request latency by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("dialog_http_requests_in_flight", "HTTP requests being served", registry=r)
+        self.active = 0  # the same count as a plain int, for the drain on shutdown
         self.queue_wait = Histogram("dialog_queue_wait_seconds", "time a /respond request waited for the batcher",
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.batch_rows = Histogram("dialog_batch_rows", "rows (context, latent) per decode call",

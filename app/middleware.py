@@ -54,6 +54,7 @@ class ServiceMiddleware:
             await send(message)
 
         self.metrics.in_flight.inc()
+        self.metrics.active += 1
         try:
             body_receive = await self._read_body(scope, headers, receive, send_with_id, rid)
             if body_receive is not None:
@@ -61,6 +62,7 @@ class ServiceMiddleware:
         finally:
             dt = time.perf_counter() - t0
             self.metrics.in_flight.dec()
+            self.metrics.active -= 1
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.latency.labels(route).observe(dt)
             access_log.info("%s %s %s %d %.1fms", rid, scope["method"], scope["path"], status, 1000 * dt)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins (comma-separated in the environment); empty: CORS off")
     drain_timeout_s: float = Field(10.0, ge=0, description="how long in-flight requests may finish after SIGTERM")
+    drain_grace_s: float = Field(1.0, ge=0, le=60, description="after SIGTERM, how long the server keeps "
+                                 "listening and answers 503 (so clients and load balancers see it draining) "
+                                 "before it closes its socket; it also waits for in-flight requests, "
+                                 "up to drain_timeout_s")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -210,8 +210,9 @@ def drain(srv: Server, in_flight: int = 8, body: dict[str, Any] | None = None) -
     """SIGTERM while ``in_flight`` requests run; then poll /readyz and POST /respond until the process exits,
     both over a keep-alive connection opened before the signal (as a proxy or load balancer holds one) and
     over new connections. Intended: in-flight requests finish with 200; readiness and new requests get 503
-    with Retry-After (or, on new connections once uvicorn has closed its listening socket, a refused
-    connection); the process exits within its drain timeout."""
+    with Retry-After while the server drains (its socket stays open for the drain grace period and while
+    requests are in flight; after that a new connection is refused); the process exits within its drain
+    timeout plus the grace period."""
     body = body or {"context": ["hello, how are you today?"], "n": 16, "strategy": "sample"}
     results: list[Any] = [None] * in_flight
 
