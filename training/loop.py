@@ -154,7 +154,7 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         np_state = np.random.get_state()
         meta = {"step": self.step, "cursor": self.cursor, "best": self.best, "optimizer": opt_meta,
-                "world": self.world, "config": self.cfg.to_dict(),
+                "world": self.world, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
                 "rng_python": repr(random.getstate()),
                 "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
         ckpt.atomic_save(self.ckpt_path, tensors, meta)
