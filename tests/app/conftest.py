@@ -80,3 +80,20 @@ def wait_ready(client, timeout: float = 10.0) -> None:
         if time.monotonic() - t0 > timeout:
             raise AssertionError("app never became ready")
         time.sleep(0.01)
+
+
+def wait_ready(url: str, timeout: float = 30.0, alive=lambda: True) -> None:
+    """Poll GET {url}/readyz until it answers 200; fail if ``alive()`` turns false or time runs out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert alive() and time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.05)

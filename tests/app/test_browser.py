@@ -4,10 +4,10 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-import time
 
-import httpx
 import pytest
+
+from tests.app.conftest import wait_ready
 
 pytestmark = pytest.mark.browser
 
@@ -29,15 +29,7 @@ def server(make_settings):
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.05)
+    wait_ready(url, timeout=20)
     yield url
     srv.should_exit = True
     thread.join(10)

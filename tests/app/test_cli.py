@@ -6,11 +6,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.app.conftest import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,15 +74,7 @@ def test_serve_and_sigterm(tiny_bundle):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+        wait_ready(url, timeout=30, alive=lambda: proc.poll() is None)
         r = httpx.post(f"{url}/respond", json={"context": ["hi"], "n": 2}, timeout=10)
         assert r.status_code == 200 and r.json()["n_returned"] >= 1
         proc.send_signal(signal.SIGTERM)
