@@ -82,7 +82,7 @@ def wait_ready(client, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def wait_ready(url: str, timeout: float = 30.0, alive=lambda: True) -> None:
+def wait_url_ready(url: str, timeout: float = 30.0, alive=lambda: True) -> None:
     """Poll GET {url}/readyz until it answers 200; fail if ``alive()`` turns false or time runs out."""
     import time
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.app.conftest import wait_ready
+from tests.app.conftest import wait_url_ready
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +29,7 @@ def server(make_settings):
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url, timeout=20)
+    wait_url_ready(url, timeout=20)
     yield url
     srv.should_exit = True
     thread.join(10)

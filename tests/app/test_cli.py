@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import wait_ready
+from tests.app.conftest import wait_url_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ def test_serve_and_sigterm(tiny_bundle):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, timeout=30, alive=lambda: proc.poll() is None)
+        wait_url_ready(url, timeout=30, alive=lambda: proc.poll() is None)
         r = httpx.post(f"{url}/respond", json={"context": ["hi"], "n": 2}, timeout=10)
         assert r.status_code == 200 and r.json()["n_returned"] >= 1
         proc.send_signal(signal.SIGTERM)
