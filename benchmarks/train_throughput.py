@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from model.config import PAD_ID, UNK_ID, CVAEConfig
 from model.cvae import CVAE, Batch, gaussian_kl
