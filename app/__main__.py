@@ -14,7 +14,16 @@ from typing import Any
 
 from .settings import Settings
 
-SERVE_FLAGS: list[tuple[str, type | None, str]] = [
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("bundle", str, "model bundle folder (default: model/pretrained/dailydialog-cyclical)"),
     ("device", str, "auto, cpu, cuda, cuda:N"),
     ("host", str, "address to listen on"),
@@ -36,6 +45,12 @@ SERVE_FLAGS: list[tuple[str, type | None, str]] = [
     ("cors_origins", str, "comma-separated allowed CORS origins"),
     ("drain_timeout_s", float, "how long in-flight requests may finish on SIGTERM"),
     ("drain_grace_s", float, "after SIGTERM, keep listening (answering 503) this long before closing"),
+    ("lexicon", _bool, "true/false: decode only words of the bundle's decoding lexicon"),
+    ("rerank", _bool, "true/false: over-generate and choose replies by relevance and diversity"),
+    ("candidates_per_reply", int, "candidates decoded per requested reply when reranking"),
+    ("max_candidates", int, "most candidates one request may decode"),
+    ("mmi_weight", float, "weight of the term against generic replies (0: likelihood only)"),
+    ("diversity", float, "weight of the similarity penalty between chosen replies"),
 ]
 
 
@@ -79,7 +94,8 @@ def respond_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--no-dedupe", dest="dedupe", action="store_false")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize"})
+    _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize", "lexicon", "rerank",
+                   "candidates_per_reply", "max_candidates", "mmi_weight", "diversity"})
     return p
 
 
@@ -145,8 +161,8 @@ def respond(argv: list[str]) -> int:
     s = _settings(args)
     logging.basicConfig(level=logging.WARNING)
     try:
-        engine = Engine.from_bundle(s.bundle, device=s.device, torch_threads=s.torch_threads, max_n=s.max_n,
-                                    dedupe_rounds=s.dedupe_rounds, quantize=s.quantize)
+        engine = Engine.from_bundle(s.bundle, device=s.device, torch_threads=s.torch_threads,
+                                    **s.engine_options())
         result = engine.respond(args.turns, n=args.n, seed=args.seed, strategy=args.strategy,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 latent_temperature=args.latent_temperature, max_tokens=args.max_tokens,
@@ -155,13 +171,13 @@ def respond(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"seed": result.seed, "replies": [r.__dict__ for r in result.replies],
+        print(json.dumps({"seed": result.seed, "replies": [{k: v for k, v in r.__dict__.items() if k not in ("logprob_null", "n_scored")} for r in result.replies],
                           "duplicates_dropped": result.duplicates_dropped}, indent=2))
         return 0
     print(f"# seed {result.seed}; {result.n_returned} of {result.n_requested} replies, "
           f"{result.duplicates_dropped} duplicates dropped")
     for r in result.replies:
-        print(f"{r.score:8.3f}  {r.text}")
+        print(f"{r.score:8.3f}  seed {r.seed:<20d} {r.text}")
     return 0
 
 

@@ -2,12 +2,16 @@
 
 Per request: normalise and tokenise the context as training did, encode it once, sample the latent codes
 z_i = mu + latent_temperature * sigma * eps_i from the prior p(z | c), decode all of them in batched calls
-(rows of concurrent requests share calls, see app.batching), detokenise, drop duplicates (drawing more
-samples for a bounded number of rounds) and rank by mean token log-probability, best first.
+(rows of concurrent requests share calls, see app.batching) with the bundle's decoding lexicon masking
+pieces that would write a non-word (model.lexicon), detokenise, and drop empty and repeated replies (drawing
+more samples for a bounded number of rounds). With reranking (the default) the engine over-generates
+``candidates`` rows (``candidates_per_reply`` x n unless the request says), scores each against generic
+answers and picks n by maximal marginal relevance (model.rerank); without it, it decodes n rows and ranks
+them by mean token log-probability. Best first either way.
 
-Determinism: reply i of a request with seed s uses s_i = (s + i) mod (2**63 - 1) for both its latent noise
-and its sampling uniforms, so its latent code depends only on (context, s_i) and a request with seed s_i and
-n = 1 replays it. Decoding is row-wise too, but the matrix products of a decode call may round differently
+Determinism: candidate i of a request with seed s uses s_i = (s + i) mod (2**63 - 1) for both its latent
+noise and its sampling uniforms, so its latent code depends only on (context, s_i). Every reply carries its
+s_i as ``seed``: a request with that seed, n = 1 and reranking off replays it. Decoding is row-wise too, but the matrix products of a decode call may round differently
 for different batch shapes (BLAS kernels block by the number of rows), so bit-exact replay is guaranteed
 only with max_batch_rows = 1; otherwise a near-tie between two tokens can, rarely, break the other way.
 
@@ -32,9 +36,12 @@ from typing import Any, Literal
 import torch
 
 from model import decoding
+from model import rerank as reranking
 from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from model.config import BOS_ID, PAD_ID, UNK_ID
+from model.generate import null_condition
 from model.inputs import collate, serving_context
+from model.lexicon import PieceConstraint
 from model.quantize import quantize_decoder
 from model.text import detokenize, normalize
 
@@ -71,6 +78,8 @@ class GenerationRequest:
     max_tokens: int | None = None  # None: the engine's limit
     dedupe: bool = True
     return_latents: bool = False
+    rerank: bool | None = None  # None: the engine's setting
+    candidates: int | None = None  # rows decoded when reranking; None: candidates_per_reply x n
 
 
 @dataclass
@@ -82,6 +91,9 @@ class Reply:
     sample_index: int
     seed: int
     latent: list[float] | None = None
+    ranking: dict[str, float] | None = None  # model.rerank.Scored as a dict, when reranked
+    logprob_null: float | None = field(default=None, repr=False)  # log p(r | c0, z0), nats (reranking)
+    n_scored: int = field(default=0, repr=False)
 
 
 @dataclass
@@ -92,6 +104,8 @@ class Result:
     duplicates_dropped: int
     seed: int
     timing_ms: dict[str, float]
+    candidates: int = 0  # rows decoded for this request
+    reranked: bool = False
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -124,6 +138,7 @@ class _Job:
     seen: set[str] = field(default_factory=set)
     duplicates: int = 0
     done: bool = False
+    rerank: bool = False
 
     @property
     def pending_rows(self) -> int:
@@ -143,7 +158,10 @@ class Engine:
 
     def __init__(self, bundle: Bundle, *, max_n: int = 16, max_tokens: int | None = None,
                  max_batch_rows: int = 64, max_wait_ms: float = 5.0, queue_size: int = 64,
-                 dedupe_rounds: int = 3, observer: Observer | None = None, quantize: str = "none"):
+                 dedupe_rounds: int = 3, observer: Observer | None = None, quantize: str = "none",
+                 lexicon: bool = True, rerank: bool = True, candidates_per_reply: int = 3,
+                 max_candidates: int = 64, mmi_weight: float = reranking.DEFAULT_MMI_WEIGHT,
+                 diversity: float = reranking.DEFAULT_DIVERSITY):
         if quantize != "none":
             quantize_decoder(bundle.model, quantize)  # int8 decoder: see model.quantize
         self.quantize = quantize
@@ -156,6 +174,12 @@ class Engine:
         self.max_tokens = min(max_tokens or self.config.max_decode_len, self.config.max_decode_len)
         self.dedupe_rounds = dedupe_rounds
         self.banned = (PAD_ID, UNK_ID, BOS_ID, self.tokenizer.dialog_start_id)
+        # The decoding lexicon (when the bundle has one and it is on): see model.lexicon.
+        self.constraint = (PieceConstraint(bundle.lexicon, self.tokenizer.sp, self.banned)
+                           if lexicon and bundle.lexicon is not None else None)
+        self.rerank, self.candidates_per_reply = rerank, candidates_per_reply
+        self.max_candidates, self.mmi_weight, self.diversity = max_candidates, mmi_weight, diversity
+        self._null: tuple[torch.Tensor, torch.Tensor] | None = None  # (c0, z0) of the anti-LM term
         self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer)
         self.observer = self.batcher.observer
 
@@ -206,7 +230,10 @@ class Engine:
         return {"name": self.bundle.name, "sha256": self.bundle.sha256, "text_style": self.bundle.text_style,
                 "config": self.config.to_dict(), "vocab_size": self.tokenizer.vocab_size,
                 "device": str(self.device), "max_tokens": self.max_tokens, "max_n": self.max_n,
-                "torch_threads": torch.get_num_threads(), "quantize": self.quantize}
+                "torch_threads": torch.get_num_threads(), "quantize": self.quantize,
+                "lexicon_words": len(self.constraint.lexicon) if self.constraint else 0,
+                "rerank": self.rerank, "candidates_per_reply": self.candidates_per_reply,
+                "max_candidates": self.max_candidates, "mmi_weight": self.mmi_weight, "diversity": self.diversity}
 
     # ----- request preparation (cheap, no torch) ----------------------------------------------------
     def prepare(self, req: GenerationRequest) -> _Job:
@@ -239,10 +266,18 @@ class Engine:
             n = req.n
             if not 1 <= n <= self.max_n:
                 raise InputError(("n",), f"n must be between 1 and {self.max_n}", n)
+        do_rerank = (self.rerank if req.rerank is None else bool(req.rerank)) and req.latents is None
+        rows = n
+        if do_rerank:
+            rows = req.candidates if req.candidates is not None else min(n * self.candidates_per_reply,
+                                                                           self.max_candidates)
+            if not n <= rows <= self.max_candidates:
+                raise InputError(("candidates",), f"candidates must be between n ({n}) and {self.max_candidates}",
+                                 req.candidates)
         seed = secrets.randbelow(SEED_MOD) if req.seed is None else int(req.seed) % SEED_MOD
-        job = _Job(req=req, turn_ids=turn_ids, seed=seed, max_len=max_len, n=n)
-        job.pending = list(range(n))
-        job.next_index = n
+        job = _Job(req=req, turn_ids=turn_ids, seed=seed, max_len=max_len, n=n, rerank=do_rerank)
+        job.pending = list(range(rows))
+        job.next_index = rows
         job.rounds_left = self.dedupe_rounds if (req.dedupe and req.latents is None) else 0
         return job
 
@@ -340,43 +375,69 @@ class Engine:
         u = torch.stack([r[3] for r in live]) if strategy == "sample" else None
         self.observer.batch(len(live))
         out = decoding.decode(self.model, cond, z, max_len, strategy=strategy, temperature=temperature,
-                              top_k=top_k, top_p=top_p, uniforms=u, banned=self.banned)
+                              top_k=top_k, top_p=top_p, uniforms=u, banned=self.banned,
+                              constraint=self.constraint)
+        ranked = [j for j, r in enumerate(live) if r[0].rerank]
+        null = self._null_logprob([out.tokens[j] for j in ranked]) if ranked else []
+        null_of = dict(zip(ranked, null))
         style = self.bundle.text_style
         for j, (job, idx, zrow, _) in enumerate(live):
             text = detokenize(self.tokenizer.decode(out.tokens[j]), style)
             job.replies.append(Reply(
                 text=text, score=float(out.score[j]), tokens=len(out.tokens[j]),
                 finish_reason=out.finish_reason[j], sample_index=idx, seed=(job.seed + idx) % SEED_MOD,
-                latent=zrow.float().cpu().tolist() if job.req.return_latents else None))
+                latent=zrow.float().cpu().tolist() if job.req.return_latents else None,
+                logprob_null=null_of.get(j), n_scored=out.n_scored[j]))
+
+    def _null_logprob(self, tokens: list[list[int]]) -> list[float]:
+        """log p(r | c0, z0) of each reply: the anti-language-model term of model.rerank."""
+        if self._null is None:
+            self._null = null_condition(self.bundle)
+        c0, z0 = self._null
+        B = len(tokens)
+        return decoding.sequence_logprob(self.model, c0.expand(B, -1), z0.expand(B, -1), tokens)
 
     def _end_round(self, job: _Job) -> None:
-        """Keep the first of each distinct text (by sample index); draw more or finish."""
-        if job.req.dedupe:
-            before = len(job.seen)  # replies kept in earlier rounds, then this round's
-            kept, fresh = [], sorted(job.replies[before:], key=lambda r: r.sample_index)
-            for r in fresh:
-                k = _dedupe_key(r.text, self.bundle.text_style)
-                if k in job.seen:
-                    job.duplicates += 1
-                else:
-                    job.seen.add(k)
-                    kept.append(r)
-            job.replies = job.replies[:before] + kept
-            missing = job.n - len(job.replies)
-            if missing > 0 and job.rounds_left > 0:
-                job.rounds_left -= 1
-                job.pending = list(range(job.next_index, job.next_index + missing))
-                job.next_index += missing
-                return
+        """Keep the first of each distinct non-empty text (by sample index); draw more or finish."""
+        before = len(job.seen)  # replies kept in earlier rounds, then this round's
+        kept, fresh = [], sorted(job.replies[before:], key=lambda r: r.sample_index)
+        for r in fresh:
+            k = _dedupe_key(r.text, self.bundle.text_style)
+            if not k:  # an empty reply is never a reply
+                job.duplicates += 1
+            elif job.req.dedupe and k in job.seen:
+                job.duplicates += 1
+            else:
+                job.seen.add(k if job.req.dedupe else f"{k}\x00{r.sample_index}")
+                kept.append(r)
+        job.replies = job.replies[:before] + kept
+        usable = sum(r.finish_reason == "eos" for r in job.replies) if job.rerank else len(job.replies)
+        missing = job.n - usable
+        if missing > 0 and job.rounds_left > 0:
+            job.rounds_left -= 1
+            job.pending = list(range(job.next_index, job.next_index + missing))
+            job.next_index += missing
+            return
         job.done = True
         now = time.monotonic()
-        replies = sorted(job.replies, key=lambda r: (-r.score, r.sample_index))
+        if job.rerank:
+            scored = [reranking.score(r.score * max(r.n_scored, 1), r.logprob_null or 0.0, r.n_scored,
+                                   r.finish_reason == "eos", self.mmi_weight) for r in job.replies]
+            picked = reranking.select([r.text for r in job.replies], scored, job.n, self.diversity)
+            replies = []
+            for i in picked:
+                r, sc = job.replies[i], scored[i]
+                r.ranking = {"likelihood": sc.likelihood, "anti_lm": sc.anti_lm, "rank": sc.rank}
+                replies.append(r)
+        else:
+            replies = sorted(job.replies, key=lambda r: (-r.score, r.sample_index))[:job.n]
         start = job.t_start or job.t_submit
         result = Result(replies=replies, n_requested=job.n, n_returned=len(replies),
                         duplicates_dropped=job.duplicates, seed=job.seed,
                         timing_ms={"queue": round(1000 * (start - job.t_submit), 3),
                                    "compute": round(1000 * (now - start), 3),
-                                   "total": round(1000 * (now - job.t_submit), 3)})
+                                   "total": round(1000 * (now - job.t_submit), 3)},
+                        candidates=job.next_index, reranked=job.rerank)
         if not job.future.done():
             try:
                 job.future.set_result(result)

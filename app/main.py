@@ -33,9 +33,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hint = "" if s.bundle else " (no bundle given: pass --bundle DIR or set DIALOG_BUNDLE)"
         log.error("cannot load the model bundle: %s%s", e, hint)
         raise BundleError(f"{e}{hint}") from None
-    engine = Engine(bundle, max_n=s.max_n, max_tokens=s.max_tokens, max_batch_rows=s.max_batch_rows,
-                    max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, dedupe_rounds=s.dedupe_rounds,
-                    observer=rt.metrics.observer(), quantize=s.quantize)
+    engine = Engine(bundle, observer=rt.metrics.observer(), **s.engine_options())  # type: ignore[arg-type]
     engine.start()
     rt.engine = engine
     log.info("loaded bundle %s (%s, sha256 %s) on %s with %d torch threads", bundle.name, path,

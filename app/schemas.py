@@ -32,6 +32,11 @@ class RespondRequestBase(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="tokens per reply; absent: the limit")
     dedupe: bool = Field(True, description="drop repeated replies and draw more samples in their place")
     return_latents: bool = False
+    rerank: bool | None = Field(None, description="over-generate candidates and choose the n replies by "
+                                "relevance (against generic answers) and diversity; absent: the server's "
+                                "setting (on by default). Off: the n samples ranked by score")
+    candidates: int | None = Field(None, ge=1, description="candidates to decode when reranking (at least n); "
+                                   "absent: the server's candidates_per_reply x n")
 
     @field_validator("context")
     @classmethod
@@ -66,8 +71,12 @@ class ReplyOut(BaseModel):
     tokens: int = Field(description="number of generated tokens, without the end token")
     finish_reason: Literal["eos", "length"]
     sample_index: int
-    seed: int = Field(description="this reply's own seed: a request with it and n=1 replays the reply")
+    seed: int = Field(description="this reply's own seed: a request with it, n=1 and rerank=false replays "
+                                  "the reply")
     latent: list[float] | None = None
+    ranking: dict[str, float] | None = Field(
+        None, description="when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log p(reply) "
+                          "with no context), rank = likelihood - mmi_weight * anti_lm; nats per token")
 
 
 class ModelRef(BaseModel):
@@ -81,6 +90,8 @@ class RespondResponse(BaseModel):
     n_returned: int
     duplicates_dropped: int
     seed: int
+    candidates: int = Field(description="candidate replies decoded for this request")
+    reranked: bool
     model: ModelRef
     timing_ms: dict[str, float]
     request_id: str

@@ -36,6 +36,26 @@ class Settings(BaseSettings):
         "none", description="'int8': decoder weights in int8 (CPU only): faster decoding, slightly different replies")
     warmup: bool = True
 
+    # What the replies are made of (model.lexicon, model.rerank).
+    lexicon: bool = Field(True, description="decode only words of the bundle's decoding lexicon (when it has one)")
+    rerank: bool = Field(True, description="over-generate candidates and choose n by relevance and diversity; "
+                                           "a request's 'rerank' overrides it")
+    candidates_per_reply: int = Field(3, ge=1, le=16, description="candidates decoded per requested reply "
+                                                                  "when reranking")
+    max_candidates: int = Field(64, ge=1, le=256, description="most candidates one request may decode")
+    mmi_weight: float = Field(0.5, ge=0, le=2, description="weight of the anti-language-model term against "
+                                                           "generic replies (0: likelihood only)")
+    diversity: float = Field(1.0, ge=0, le=10, description="weight of the similarity penalty of the "
+                                                           "maximal-marginal-relevance choice")
+
+    def engine_options(self) -> dict[str, object]:
+        """Keyword arguments of app.engine.Engine from these settings (one place for the server and the CLI)."""
+        return dict(max_n=self.max_n, max_tokens=self.max_tokens, max_batch_rows=self.max_batch_rows,
+                    max_wait_ms=self.max_wait_ms, queue_size=self.queue_size, dedupe_rounds=self.dedupe_rounds,
+                    quantize=self.quantize, lexicon=self.lexicon, rerank=self.rerank,
+                    candidates_per_reply=self.candidates_per_reply, max_candidates=self.max_candidates,
+                    mmi_weight=self.mmi_weight, diversity=self.diversity)
+
     # Access.
     api_key: SecretStr | None = Field(None, description="when set, /respond needs 'Authorization: Bearer <key>'")
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -3,6 +3,7 @@
     model.safetensors   weights (float32, or float16 to halve the size; computed in float32)
     config.json         {"format", "version", "name", "model": CVAEConfig, "text_style", ...}
     tokenizer.model     the SentencePiece model
+    lexicon.txt         the decoding lexicon (model.lexicon), optional: without it decoding is unconstrained
     manifest.json       sha256 of every other file; the bundle's own id is the manifest's sha256
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import CVAEConfig
 from .cvae import CVAE
+from .lexicon import FILE as LEXICON_FILE
+from .lexicon import Lexicon
 from .quantize import MODES as QUANTIZE_MODES
 from .quantize import quantize_decoder
 from .text import STYLES
@@ -63,6 +66,7 @@ class Bundle:
     sha256: str
     path: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    lexicon: Lexicon | None = None
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +74,8 @@ class Bundle:
 
 
 def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: str, text_style: str,
-                extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> str:
+                extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
+                lexicon: Lexicon | None = None) -> str:
     """Write a bundle; returns its sha256 (that of the manifest)."""
     if text_style not in STYLES:
         raise ValueError(f"unknown text style {text_style!r}")
@@ -86,14 +91,31 @@ def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: st
               **(extra or {})}
     _write_atomic(out / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
     _write_atomic(out / "tokenizer.model", tokenizer.proto)
-    manifest = {"format": FORMAT, "version": VERSION,
-                "files": {f: sha256_file(out / f) for f in FILES}}
+    if lexicon is not None:
+        lexicon.save(out / LEXICON_FILE)
+    elif (out / LEXICON_FILE).exists():
+        (out / LEXICON_FILE).unlink()
+    return write_manifest(out)
+
+
+def write_manifest(out: Path) -> str:
+    """(Re)write manifest.json over the bundle's files; returns the bundle's sha256."""
+    names = [*FILES, *((LEXICON_FILE,) if (out / LEXICON_FILE).is_file() else ())]
+    manifest = {"format": FORMAT, "version": VERSION, "files": {f: sha256_file(out / f) for f in names}}
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
     _write_atomic(out / "manifest.json", data)
-    for name in (*FILES, "manifest.json"):
+    for name in (*names, "manifest.json"):
         # Readable by a service running as another user (e.g. a container's non-root user).
         os.chmod(out / name, 0o644)
     return hashlib.sha256(data).hexdigest()
+
+
+def add_lexicon(path: str | Path, lexicon: Lexicon) -> str:
+    """Put a decoding lexicon into an existing bundle (after checking it); returns the new sha256."""
+    root = Path(path)
+    verify_bundle(root)
+    lexicon.save(root / LEXICON_FILE)
+    return write_manifest(root)
 
 
 def verify_bundle(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -134,7 +156,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = 
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     root = Path(path)
-    _, sha = verify_bundle(root)
+    manifest, sha = verify_bundle(root)
     cpath = root / "config.json"
     try:
         config = json.loads(cpath.read_text())
@@ -179,6 +201,12 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = 
             quantize_decoder(model, quantize)
         except ValueError as e:
             raise BundleError(f"{root}: cannot quantize: {e}") from None
+    lexicon = None
+    if LEXICON_FILE in manifest["files"]:  # checked by verify_bundle; an unlisted file is not the bundle's
+        try:
+            lexicon = Lexicon.load(root / LEXICON_FILE)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            raise BundleError(f"{root / LEXICON_FILE}: cannot read the lexicon: {e}") from None
     extra = {k: v for k, v in config.items() if k not in ("format", "version", "name", "text_style", "model")}
     return Bundle(model=model, tokenizer=tokenizer, config=cfg, name=str(config.get("name", root.name)),
-                  text_style=style, sha256=sha, path=root, extra=extra)
+                  text_style=style, sha256=sha, path=root, extra=extra, lexicon=lexicon)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .config import PAD_ID, UNK_ID, CVAEConfig
+from .recurrent import SortedLengths, gru_layer, linear_cross_entropy
 
 
 @dataclass
@@ -73,11 +74,11 @@ class UtteranceEncoder(nn.Module):
         super().__init__()
         self.rnn = nn.GRU(cfg.embed_dim, cfg.utt_hidden, batch_first=True, bidirectional=True)
 
-    def forward(self, emb: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        # emb (N, U, E) embedded tokens, lens (N,) >= 1
-        packed = pack_padded_sequence(emb, lens.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.rnn(packed)  # h (2, N, H)
-        return torch.cat([h[0], h[1]], dim=-1)  # (N, 2H)
+    def forward(self, tokens: torch.Tensor, lens: torch.Tensor, embed: nn.Module) -> torch.Tensor:
+        # tokens (N, U) padded ids, lens (N,) >= 1; only real tokens are embedded
+        flat = tokens.reshape(-1)
+        return gru_layer(self.rnn, lambda idx: embed(flat.index_select(0, idx)), SortedLengths(lens),
+                         width=tokens.shape[1])[1]  # (N, 2H): final forward state, final backward state
 
 
 class ContextEncoder(nn.Module):
@@ -90,9 +91,7 @@ class ContextEncoder(nn.Module):
     def forward(self, utt_vecs: torch.Tensor, flags: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
         # utt_vecs (B, C, 2H), flags (B, C), turns (B,)
         x = torch.cat([utt_vecs, F.one_hot(flags, 2).to(utt_vecs.dtype)], dim=-1)  # (B, C, 2H+2)
-        packed = pack_padded_sequence(x, turns.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.rnn(packed)  # (1, B, Hc)
-        return h[0]
+        return gru_layer(self.rnn, x, SortedLengths(turns))[1]  # (B, Hc)
 
 
 class PriorNetwork(nn.Module):
@@ -177,7 +176,7 @@ class CVAE(nn.Module):
         real = (lens > 0).nonzero().squeeze(1)  # only real turns go through the utterance encoder
         real_dev = real.to(device, non_blocking=True)
         flat_tokens = batch.ctx_tokens.reshape(B * C, U).index_select(0, real_dev)
-        vecs = self.utt_encoder(self.embedding(flat_tokens), lens[real])  # (N, 2H)
+        vecs = self.utt_encoder(flat_tokens, lens[real], self.embedding)  # (N, 2H)
         utt = vecs.new_zeros(B * C, vecs.shape[-1]).index_copy_(0, real_dev, vecs)
         utt = self.dropout(utt.view(B, C, -1))
         parts = [self.ctx_encoder(utt, batch.ctx_flags, batch.ctx_turns)]
@@ -194,7 +193,7 @@ class CVAE(nn.Module):
         return self.prior_net(cond)
 
     def posterior(self, cond: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x_vec = self.utt_encoder(self.embedding(batch.resp_tokens), batch.resp_lens)  # (B, 2H)
+        x_vec = self.utt_encoder(batch.resp_tokens, batch.resp_lens, self.embedding)  # (B, 2H)
         parts = [cond, x_vec]
         if self.cfg.kgcvae:
             parts.append(self.act_embedding(batch.acts))
@@ -217,6 +216,36 @@ class CVAE(nn.Module):
         return self.decoder.step(self.embedding(tokens), state)
 
     # ----- training -------------------------------------------------------------------------
+    def _decoder_nll(self, inputs: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
+                     resp_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-log p(x | c, z) summed over the batch's real target tokens, and their count (see model.recurrent).
+        inputs, targets (B, T-1): the response shifted by one; state (B, Hd)."""
+        B, Tm1 = targets.shape
+        sl = SortedLengths(resp_lens.cpu() - 1)
+        flat_in = inputs.reshape(-1)
+        hidden, _ = gru_layer(self.decoder.rnn, lambda idx: self.dropout(self.embedding(flat_in.index_select(0, idx))),
+                              sl, h0=state, outputs=True, width=Tm1)  # (N_tok, Hd)
+        flat = torch.from_numpy(sl.flat_index(Tm1)).to(targets.device, non_blocking=True)
+        tgt = targets.reshape(-1).index_select(0, flat)  # (N_tok,)
+        return linear_cross_entropy(self.dropout(hidden), self.decoder.out, tgt), torch.tensor(len(flat))
+
+    def _decoder_nll_reference(self, emb: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
+                               resp_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same through ``nn.GRU`` on a packed sequence and full logits: the reference the fast path is
+        tested against, and the path of a quantized decoder."""
+        packed = pack_padded_sequence(emb, (resp_lens - 1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.decoder.rnn(packed, state.unsqueeze(0).contiguous())
+        # Project only real (non-padding) positions: the vocabulary projection dominates the cost.
+        B, Tm1 = targets.shape
+        steps = (resp_lens.cpu() - 1).tolist()
+        flat = torch.cat([torch.arange(n) + b * Tm1 for b, n in enumerate(steps)])
+        flat = flat.to(targets.device, non_blocking=True)
+        out_padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=Tm1)
+        hidden = out_padded.reshape(B * Tm1, -1).index_select(0, flat)  # (N_tok, Hd)
+        logits = self.decoder.out(self.dropout(hidden))  # (N_tok, V)
+        tok_nll = F.cross_entropy(logits.float(), targets.reshape(-1).index_select(0, flat), reduction="none")
+        return tok_nll.sum(), torch.tensor(sum(steps))
+
     def forward(self, batch: Batch, use_prior: bool = False) -> dict[str, torch.Tensor]:
         """Loss terms for a batch, each a scalar averaged over the batch's responses:
 
@@ -240,24 +269,13 @@ class CVAE(nn.Module):
             drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
             drop[:, 0] = False
             inputs = inputs.masked_fill(drop & (inputs != PAD_ID), UNK_ID)
-        emb = self.dropout(self.embedding(inputs))
-        packed = pack_padded_sequence(emb, (batch.resp_lens - 1).cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        out, _ = self.decoder.rnn(packed, state.unsqueeze(0).contiguous())
-        # Project only real (non-padding) positions: the vocabulary projection dominates the cost.
-        # Their flat indices come from the lengths on the host, so no device synchronisation.
-        B, Tm1 = targets.shape
-        steps = (batch.resp_lens.cpu() - 1).tolist()
-        flat = torch.cat([torch.arange(n) + b * Tm1 for b, n in enumerate(steps)])
-        flat = flat.to(targets.device, non_blocking=True)
+        if isinstance(self.decoder.rnn, nn.GRU) and isinstance(self.decoder.out, nn.Linear):
+            rc_nll_sum, n_tokens = self._decoder_nll(inputs, state, targets, batch.resp_lens)
+        else:  # a quantized decoder (evaluation as served) has no weights to run the fast path on
+            rc_nll_sum, n_tokens = self._decoder_nll_reference(self.dropout(self.embedding(inputs)), state,
+                                                               targets, batch.resp_lens)
         mask = targets != PAD_ID  # (B, T-1)
-        out_padded, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=Tm1)
-        hidden = out_padded.reshape(B * Tm1, -1).index_select(0, flat)  # (N_tok, Hd)
-        logits = self.decoder.out(self.dropout(hidden))  # (N_tok, V)
-        tok_nll = F.cross_entropy(logits.float(), targets.reshape(-1).index_select(0, flat),
-                                  reduction="none")  # (N_tok,)
-        rc_nll_sum = tok_nll.sum()
-        n_tokens = torch.tensor(sum(steps))
+        B = targets.shape[0]
 
         kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)  # (B,)
         bow_logits = self.bow(torch.cat([cond, z], dim=-1)).float()  # (B, V)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from .cvae import CVAE
+from .lexicon import PieceConstraint
 
 Strategy = Literal["greedy", "sample"]
 SEED_MOD = 2**63 - 1
@@ -83,11 +84,14 @@ class Decoded:
 def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
            strategy: Strategy = "greedy", temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, uniforms: torch.Tensor | None = None,
-           banned: tuple[int, ...] = (PAD_ID, UNK_ID, BOS_ID)) -> Decoded:
+           banned: tuple[int, ...] = (PAD_ID, UNK_ID, BOS_ID),
+           constraint: PieceConstraint | None = None) -> Decoded:
     """Decode each row of (cond (B, Dc), z (B, Z)) until </s> or ``max_len`` tokens.
 
     ``banned`` ids are never emitted (padding, unknown, start; callers add the dialog marker).
     ``uniforms`` (B, max_len) drive sampling, one per row and step (see :func:`sampling_uniforms`).
+    ``constraint`` (model.lexicon) masks the pieces that would write a word outside the decoding lexicon;
+    scores stay the model's own log-probabilities (of the unconstrained distribution).
     Finished rows leave the batch, so the work tracks the rows still running.
     """
     banned_t = torch.tensor(sorted(set(banned)), dtype=torch.long, device=cond.device)
@@ -102,10 +106,15 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
     finish = ["length"] * B
     if strategy == "sample" and uniforms is None:
         uniforms = torch.rand(B, max_len, dtype=torch.float64)
+    words = [constraint.start() for _ in range(B)] if constraint is not None else []
     for t in range(max_len):
         logits, state = model.decode_step(prev, state)  # (b, V), (b, Hd)
         logits = logits.float().index_fill_(1, banned_t, float("-inf"))
         logp = F.log_softmax(logits, dim=-1)
+        if constraint is not None:
+            allowed = constraint.masks([words[r] for r in active.tolist()]).to(device)  # (b, V)
+            allowed[:, EOS_ID] |= ~allowed.any(dim=1)  # a dead end (never seen in practice) may still stop
+            logits = logits.masked_fill(~allowed, float("-inf"))
         if strategy == "greedy":
             nxt = logits.argmax(dim=-1)
         else:
@@ -124,6 +133,8 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
             else:
                 tokens[row].append(tok)
                 keep.append(j)
+                if constraint is not None:
+                    words[row] = constraint.advance(words[row], tok)
         if not keep:
             break
         if len(keep) < len(rows):
@@ -131,3 +142,25 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
             active, state, nxt = active[keep_t], state[keep_t], nxt[keep_t]
         prev = nxt
     return Decoded(tokens, logprob, n_scored, finish)
+
+
+@torch.inference_mode()
+def sequence_logprob(model: CVAE, cond: torch.Tensor, z: torch.Tensor, tokens: list[list[int]]) -> list[float]:
+    """log p(x | c, z) of given replies (ids without <s> and </s>; </s> is scored), teacher-forced, one row
+    per reply: cond (B, Dc), z (B, Z). Returns the sums in nats."""
+    B = len(tokens)
+    if B == 0:
+        return []
+    T = max(len(t) for t in tokens) + 1
+    inp = torch.full((B, T), PAD_ID, dtype=torch.long)
+    tgt = torch.full((B, T), PAD_ID, dtype=torch.long)
+    for i, t in enumerate(tokens):
+        inp[i, :len(t) + 1] = torch.tensor([BOS_ID, *t])
+        tgt[i, :len(t) + 1] = torch.tensor([*t, EOS_ID])
+    device = cond.device
+    inp, tgt = inp.to(device), tgt.to(device)
+    state, _ = model.init_decoder(cond, z)
+    out, _ = model.decoder.rnn(model.embedding(inp), state.unsqueeze(0).contiguous())  # (B, T, Hd)
+    logp = F.log_softmax(model.decoder.out(out).float(), dim=-1)  # (B, T, V)
+    picked = logp.gather(2, tgt.unsqueeze(2)).squeeze(2) * (tgt != PAD_ID)
+    return picked.double().sum(dim=1).cpu().tolist()

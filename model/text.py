@@ -9,6 +9,10 @@ Styles:
                  ("-til", a clipped word) a word, as the Switchboard (NeuralDialog-CVAE) text reads.
     dailydialog  ordinary written English: undoes DailyDialog's spaces around punctuation
                  ("Say , Jim" -> "Say, Jim", "I ' m" -> "I'm", "$ 5" -> "$5", " . . ." -> "...").
+    chat         informal chat as people type it (the chitchat corpus, and what users send): case, "lol",
+                 emoticons and missing punctuation stay; a letter typed three or more times in a row is cut to
+                 two ("hiiiii" -> "hii", "soooo" -> "soo", so "good" and "hmm" survive), runs of "!" or "?"
+                 to two, runs of dots to "...", and the lone pronoun "i" ("i", "i'm", "i'll") becomes "I".
     plain        only the unicode and white-space cleanup every style starts with.
 
 Every style is idempotent (normalize(normalize(x)) == normalize(x)), never raises, and returns text without
@@ -21,7 +25,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-STYLES = ("swda", "dailydialog", "plain")
+STYLES = ("swda", "dailydialog", "chat", "plain")
 
 # Curly and prime quote marks people (and DailyDialog, for ' ) type; mapped so "don’t" and "don't" are one token.
 _QUOTE_MAP = str.maketrans(
@@ -53,6 +57,25 @@ _SWDA_KEEP = re.compile(r"[^\w\s'-]")
 # Hyphens survive inside a word ("uh-huh") and at its start: the published valid/test text marks a clipped word
 # that way ("-til", "-kay"). Dashes ("--") and hyphens not followed by a word character are dropped.
 _SWDA_STRAY_HYPHEN = re.compile(r"-{2,}|-(?!\w)")
+
+
+# -- chat -------------------------------------------------------------------------------------------------------
+_ELONGATED = re.compile(r"([^\W\d_])\1{2,}")
+_BANG_RUN = re.compile(r"([!?])\1{2,}")
+_DOT_RUN = re.compile(r"\.{4,}")
+_LONE_I = re.compile(r"(?<![\w'])i(?=$|[^\w']|'(?:m|ll|ve|d)\b)")
+
+
+# Emoticons (":)", ";-P", ":D", "=(") keep the space before them when replies are detokenised.
+_EMOTICON = r"[:;=8]-?[)(\]\[DdPpOo/\\|*3](?=\W|$)"
+_SPACE_BEFORE_CHAT = re.compile(r" +(?!" + _EMOTICON + r")(?=[,.!?;:%)\]}])")
+
+
+def _chat(text: str) -> str:
+    text = _ELONGATED.sub(r"\1\1", text)
+    text = _BANG_RUN.sub(r"\1\1", text)
+    text = _DOT_RUN.sub("...", text)
+    return _LONE_I.sub("I", text)
 
 
 def _clean(text: str) -> str:
@@ -126,6 +149,8 @@ def _one_pass(text: str, style: str) -> str:
     text = _clean(text)
     if style == "dailydialog":
         text = _dailydialog(text)
+    elif style == "chat":
+        text = _chat(text)
     elif style == "swda":
         text = _clean(_swda(text))
     return text
@@ -158,7 +183,10 @@ def detokenize(text: str, style: str) -> str:
     if style == "swda":
         text = _CONTRACTION.sub(_join_contraction, text)
         return _SPACE_BEFORE.sub("", text).strip()
-    text = _dailydialog(text)
+    if style == "chat":
+        text = _SPACE_BEFORE_CHAT.sub("", _CONTRACTION.sub(_join_contraction, text)).strip()
+    else:
+        text = _dailydialog(text)
     for i, ch in enumerate(text):
         if ch.isalpha():
             # Only the first letter, and only if upper-casing keeps it one character ("ß".upper() is "SS").

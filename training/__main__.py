@@ -37,6 +37,61 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lexicon(args: argparse.Namespace) -> int:
+    from model.bundle import add_lexicon, load_bundle
+
+    from .data import Source, read_sources
+    from .loop import build_lexicon
+
+    bundle = load_bundle(args.bundle)
+    data = bundle.extra.get("data", {})
+    if data.get("corpus") == "mix":
+        sources = [Source.parse(raw, f"data.mix[{i}]") for i, raw in enumerate(data.get("mix") or [])]
+    elif data.get("corpus") and data.get("dir"):
+        sources = [Source(data["corpus"], data["dir"])]
+    else:
+        raise SystemExit("lexicon: the bundle records no training data")
+    lexicon = build_lexicon(read_sources(sources, "train"), bundle.text_style, args.min_count)
+    if lexicon is None:
+        raise SystemExit("lexicon: --min-count must be at least 1")
+    sha = add_lexicon(args.bundle, lexicon)
+    logging.getLogger("training").info("%s: lexicon of %d words (seen >= %d times); bundle sha256 %s",
+                                       args.bundle, len(lexicon), args.min_count, sha)
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from .quality import quality
+
+    res = quality(args.bundle, args.corpus, args.data_dir or f"../shared/data/{args.corpus}", split=args.split,
+                  n=args.n, contexts=args.contexts, seed=args.seed, rerank=args.rerank, lexicon=args.lexicon,
+                  candidates_per_reply=args.candidates_per_reply, mmi_weight=args.mmi_weight,
+                  diversity=args.diversity, latent_temperature=args.latent_temperature, samples_out=args.samples)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    logging.getLogger("training").info("invented %.4f, generic %s, distinct-2 within %.3f; wrote %s",
+                                       res["invented_reply_rate"], res.get("generic_reply_rate"),
+                                       res["distinct2_intra"], out)
+    return 0
+
+
+def _humaneval(args: argparse.Namespace) -> int:
+    from . import humaneval
+
+    if args.action == "export":
+        humaneval.export(args.systems, Path(args.out), Path(args.key), contexts=args.contexts,
+                         replies=args.replies, seed=args.seed)
+    else:
+        res = humaneval.score(Path(args.sheet), Path(args.key), [Path(r) for r in args.ratings])
+        text = humaneval.report(res)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+            Path(args.out).with_suffix(".md").write_text(text)
+        print(text)
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .report import compare
 
@@ -74,6 +129,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate with the decoder quantized to int8, as served with DIALOG_QUANTIZE=int8 (CPU)")
     e.set_defaults(func=_evaluate)
 
+    lx = sub.add_parser("lexicon", help="build a bundle's decoding lexicon from its training data (in place)")
+    lx.add_argument("--bundle", required=True)
+    lx.add_argument("--min-count", type=int, default=20, help="keep words seen at least this often (default 20)")
+    lx.set_defaults(func=_lexicon)
+
+    q = sub.add_parser("quality", help="replies as the service makes them, measured: invented words, generic "
+                                         "replies, distinct-n, length, BLEU recall")
+    q.add_argument("--bundle", required=True)
+    q.add_argument("--corpus", required=True, choices=["swda", "dailydialog", "chitchat", "jsonl"])
+    q.add_argument("--data-dir", help="corpus folder (default ../shared/data/CORPUS)")
+    q.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    q.add_argument("--out", required=True, help="JSON file for the metrics")
+    q.add_argument("--samples", help="also write contexts, replies and true next turns as JSONL here")
+    q.add_argument("-n", type=int, default=5, help="replies per context (default 5)")
+    q.add_argument("--contexts", type=int, default=200, help="contexts, a fixed-seed sample (0 = all)")
+    q.add_argument("--seed", type=int, default=1)
+    q.add_argument("--no-rerank", dest="rerank", action="store_false", help="n samples, no reranking")
+    q.add_argument("--no-lexicon", dest="lexicon", action="store_false", help="unconstrained decoding")
+    q.add_argument("--candidates-per-reply", type=int, default=3)
+    q.add_argument("--mmi-weight", type=float, default=0.5)
+    q.add_argument("--diversity", type=float, default=1.0)
+    q.add_argument("--latent-temperature", type=float, default=1.0)
+    q.set_defaults(func=_quality)
+
+    h = sub.add_parser("humaneval", help="blind human evaluation: export a judging sheet, score the ratings")
+    hs = h.add_subparsers(dest="action", required=True)
+    hx = hs.add_parser("export", help="a shuffled sheet of contexts and candidates (systems + the true turn)")
+    hx.add_argument("systems", nargs="+", metavar="NAME=SAMPLES.jsonl", help="samples written by 'quality --samples'")
+    hx.add_argument("--out", required=True, help="the sheet (JSON) to hand to raters")
+    hx.add_argument("--key", required=True, help="where each candidate came from (keep it away from raters)")
+    hx.add_argument("--contexts", type=int, default=100)
+    hx.add_argument("--replies", type=int, default=5, help="replies per system and context")
+    hx.add_argument("--seed", type=int, default=1)
+    hc = hs.add_parser("score", help="sensible, specific, SSA per system with intervals; agreement; preference")
+    hc.add_argument("--sheet", required=True)
+    hc.add_argument("--key", required=True)
+    hc.add_argument("ratings", nargs="+", help="one ratings JSON file per rater")
+    hc.add_argument("--out", help="write the scores as JSON here (and a .md table beside it)")
+    h.set_defaults(func=_humaneval)
+
     c = sub.add_parser("compare", help="report comparing runs: report.md, report.json, plots")
     c.add_argument("runs", nargs="+", help="run folders")
     c.add_argument("--out", required=True)
@@ -91,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import CorpusError
+    from .humaneval import HumanEvalError
     from .loop import RunError
     from model.bundle import BundleError
 
     try:
         return args.func(args)
-    except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, FileNotFoundError) as e:
+    except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, FileNotFoundError,
+            HumanEvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

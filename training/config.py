@@ -12,6 +12,7 @@ import yaml
 
 from model.config import PRESETS, CVAEConfig
 
+from .data import CORPORA, Source, mix_style
 from .schedules import ScheduleConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -23,8 +24,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    corpus: str = "swda"  # swda | dailydialog | jsonl
-    dir: str = "../shared/data/swda"
+    corpus: str = "swda"  # swda | dailydialog | chitchat | jsonl | mix
+    dir: str = "../shared/data/swda"  # the corpus folder (unused with mix)
+    # corpus = "mix": a list of {corpus, dir, weight} tables (training.data.Source)
+    mix: list[dict[str, Any]] = field(default_factory=list)
     max_context_turns: int = 10
     max_utt_len: int = 40  # tokens kept per utterance
     max_train_dialogs: int = 0  # 0 = all; a slice for quick runs
@@ -32,10 +35,36 @@ class DataConfig:
     use_topic: bool = False
     use_meta: bool = False
 
+    def __post_init__(self) -> None:
+        if self.corpus not in (*CORPORA, "mix"):
+            raise ValueError(f"corpus must be one of {', '.join((*CORPORA, 'mix'))}, got {self.corpus!r}")
+        if self.corpus == "mix":
+            if not isinstance(self.mix, list) or not self.mix:
+                raise ValueError("corpus = \"mix\" needs data.mix: a list of {corpus, dir, weight} tables")
+            for i, raw in enumerate(self.mix):
+                if isinstance(raw, dict) and raw.get("corpus") == "mix":
+                    raise ValueError(f"data.mix[{i}].corpus: a mix cannot hold a mix")
+                Source.parse(raw, f"data.mix[{i}]")
+        elif self.mix:
+            raise ValueError("data.mix is only read with corpus = \"mix\"")
+
+    @property
+    def sources(self) -> list[Source]:
+        if self.corpus == "mix":
+            return [Source.parse(raw, f"data.mix[{i}]") for i, raw in enumerate(self.mix)]
+        return [Source(self.corpus, self.dir)]
+
+    @property
+    def style(self) -> str:
+        return mix_style([s.corpus for s in self.sources])
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     vocab_size: int = 8000
+    # The decoding lexicon (model.lexicon): words seen at least this many times in the training split.
+    # 0 leaves it out of the bundle (unconstrained decoding). 20 was chosen by measurement (docs/quality.md).
+    lexicon_min_count: int = 20
 
 
 @dataclass(frozen=True)
@@ -165,14 +194,22 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
     return dataclasses.replace(cfg, model=ModelSection(preset=preset, overrides=model_raw))
 
 
+def find_config(path: str | Path) -> Path:
+    """A config file: the path itself, or a name in training/configs with or without .toml/.yaml/.yml."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for candidate in (CONFIG_DIR / p.name, *(CONFIG_DIR / (p.name + ext) for ext in (".toml", ".yaml", ".yml"))):
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(c.stem for c in CONFIG_DIR.glob("*.toml")))
+    raise ConfigError(f"{path}: config file not found (neither a file nor a name in training/configs: {names})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file() and (CONFIG_DIR / p.name).is_file():
-            p = CONFIG_DIR / p.name
-        if not p.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        p = find_config(path)
         text = p.read_text()
         try:
             raw = (tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)) or {}

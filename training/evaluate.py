@@ -111,18 +111,23 @@ def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = N
              device: str = "auto", max_contexts: int = 0, samples_out: str | Path | None = None,
              quantize: str = "none") -> dict[str, Any]:
     from .batching import ExampleSet, Vocabs
-    from .data import read_corpus
+    from .data import Source, read_sources
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     bundle = load_bundle(bundle_dir, device=dev, quantize=quantize)  # int8: decoder quantized (CPU)
     data = bundle.extra.get("data", {})
-    corpus = corpus or data.get("corpus")
-    data_dir = data_dir or data.get("dir")
-    if not corpus or not data_dir:
-        raise ValueError("the bundle records no data settings: pass --set data.corpus=... --set data.dir=...")
+    if corpus is None and data_dir is None and data.get("corpus") == "mix":
+        sources = [Source.parse(raw, f"data.mix[{i}]") for i, raw in enumerate(data.get("mix") or [])]
+        corpus, data_dir = "mix", ",".join(s.dir for s in sources)
+    else:
+        corpus = corpus or data.get("corpus")
+        data_dir = data_dir or data.get("dir")
+        if not corpus or not data_dir or corpus == "mix":
+            raise ValueError("the bundle records no single corpus: pass --set data.corpus=... --set data.dir=...")
+        sources = [Source(corpus, data_dir)]
     vocabs = Vocabs.from_dict(bundle.extra["vocabs"]) if "vocabs" in bundle.extra else Vocabs()
-    dialogs = read_corpus(corpus, data_dir, split)
+    dialogs = read_sources(sources, split)
     cfg = bundle.config
     examples = ExampleSet(dialogs, bundle.tokenizer, bundle.text_style, vocabs, cfg.max_context_turns,
                           cfg.max_utt_len)

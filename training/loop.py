@@ -25,13 +25,15 @@ from tqdm import tqdm
 
 from model.bundle import save_bundle
 from model.cvae import CVAE
+from model.lexicon import Lexicon
+from model.recurrent import keep_freed_memory
 from model.text import normalize
 from model.tokenizer import Tokenizer
 
 from . import checkpoint as ckpt
 from .batching import BatchStream, ExampleSet, Vocabs
 from .config import RunConfig
-from .data import TEXT_STYLE, read_corpus
+from .data import read_sources
 from .evaluate import posterior_metrics
 from .schedules import beta_at, lr_at
 
@@ -52,7 +54,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_split(cfg: RunConfig, split: str) -> list:
-    dialogs = read_corpus(cfg.data.corpus, cfg.data.dir, split)
+    dialogs = read_sources(cfg.data.sources, split)
     limit = cfg.data.max_train_dialogs if split == "train" else cfg.data.max_valid_dialogs
     return dialogs[:limit] if limit else dialogs
 
@@ -65,6 +67,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.is_main = self.rank == 0
         lc = cfg.train
+        keep_freed_memory()  # see model.recurrent: saves the page faults of re-allocating each step's tensors
         if lc.num_threads:
             torch.set_num_threads(lc.num_threads)
         self.device = pick_device(lc.device)
@@ -101,8 +104,8 @@ class Trainer:
                                "resume with the same config or choose another --out")
         elif self.is_main:
             cfg_path.write_text(json.dumps(resolved, indent=2))
-        self.style = TEXT_STYLE[cfg.data.corpus]
-        log.info("reading %s from %s", cfg.data.corpus, cfg.data.dir)
+        self.style = cfg.data.style
+        log.info("reading %s", ", ".join(f"{s.corpus} from {s.dir}" for s in cfg.data.sources))
         train_dialogs = load_split(cfg, "train")
         valid_dialogs = load_split(cfg, "valid")
         tok_path = self.out / "tokenizer.model"
@@ -112,6 +115,7 @@ class Trainer:
             Tokenizer.train(texts, cfg.tokenizer.vocab_size).save(tok_path)
         self._barrier()
         self.tokenizer = Tokenizer.load(tok_path)
+        self.lexicon = build_lexicon(train_dialogs, self.style, cfg.tokenizer.lexicon_min_count)
         self.vocabs = Vocabs.build(train_dialogs)
         if cfg.model.overrides.get("kgcvae") and len(self.vocabs.acts) < 2:
             raise RunError(f"model.kgcvae needs dialog-act labels, and the {cfg.data.corpus} training "
@@ -283,14 +287,22 @@ class Trainer:
             model.load_state_dict(self.model.state_dict())
         dtype = {"float32": torch.float32, "float16": torch.float16}[lc.export_dtype]
         sha = save_bundle(bundle, model.cpu(), self.tokenizer, name=self.cfg.name, text_style=self.style,
-                          dtype=dtype, extra={"vocabs": self.vocabs.to_dict(),
+                          dtype=dtype, lexicon=self.lexicon, extra={"vocabs": self.vocabs.to_dict(),
                                               "data": {"corpus": self.cfg.data.corpus,
-                                                       "dir": self.cfg.data.dir},
+                                                       "dir": self.cfg.data.dir,
+                                                       "mix": self.cfg.data.mix},
                                               "training": {"config": self.cfg.to_dict(),
                                                            "steps": self.step,
                                                            "selected_step": selected,
                                                            "selected_by": how}})
         log.info("exported %s (sha256 %s)", bundle, sha)
+
+
+def build_lexicon(dialogs: list, style: str, min_count: int) -> Lexicon | None:
+    """The decoding lexicon of a training split (None when min_count is 0)."""
+    if min_count <= 0:
+        return None
+    return Lexicon.build((normalize(t.text, style) for d in dialogs for t in d.turns), min_count)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -79,9 +79,10 @@ def router(settings: Settings) -> APIRouter:
             raise HTTPException(500, f"internal error (request id {rid})") from None
         _count(rt, result.n_returned, result.duplicates_dropped)
         return RespondResponse(
-            replies=[ReplyOut(**r.__dict__) for r in result.replies],
+            replies=[ReplyOut(**{k: getattr(r, k) for k in ReplyOut.model_fields}) for r in result.replies],
             n_requested=result.n_requested, n_returned=result.n_returned,
-            duplicates_dropped=result.duplicates_dropped, seed=result.seed,
+            duplicates_dropped=result.duplicates_dropped, seed=result.seed, candidates=result.candidates,
+            reranked=result.reranked,
             model=ModelRef(name=engine.bundle.name, sha256=engine.bundle.sha256),
             timing_ms=result.timing_ms, request_id=rid)
 

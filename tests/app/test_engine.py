@@ -13,10 +13,13 @@ def engine(tiny_bundle):
 
 
 def test_respond_locally(engine):
-    result = engine.respond(["hi there"], n=4, seed=3)
-    assert result.n_requested == 4 and result.seed == 3
+    result = engine.respond(["hi there"], n=4, seed=3, rerank=False)
+    assert result.n_requested == 4 and result.seed == 3 and not result.reranked
     assert [r.score for r in result.replies] == sorted((r.score for r in result.replies), reverse=True)
-    assert engine.respond("hi there", n=4, seed=3).replies == result.replies  # a string is one turn
+    assert engine.respond("hi there", n=4, seed=3, rerank=False).replies == result.replies  # a string: one turn
+    ranked = engine.respond(["hi there"], n=4, seed=3)
+    assert ranked.reranked and ranked.candidates >= 12
+    assert all(r.ranking is not None and r.text for r in ranked.replies)
 
 
 def test_local_and_batched_paths_agree(engine):

@@ -23,15 +23,17 @@ def test_response_shape(client):
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"replies", "n_requested", "n_returned", "duplicates_dropped", "seed", "model",
-                         "timing_ms", "request_id"}
+                         "timing_ms", "request_id", "candidates", "reranked"}
+    assert body["reranked"] is True and body["candidates"] >= 9  # 3 candidates per reply by default
     assert body["seed"] == 7 and body["n_requested"] == 3 and body["n_returned"] == len(body["replies"])
     assert body["model"]["name"] == "tiny" and len(body["model"]["sha256"]) == 64
     assert r.headers["x-request-id"] == body["request_id"]
     assert body["timing_ms"]["total"] >= 0
-    scores = [x["score"] for x in body["replies"]]
-    assert scores == sorted(scores, reverse=True)  # best first
     for x in body["replies"]:
-        assert set(x) == {"text", "score", "tokens", "finish_reason", "sample_index", "seed", "latent"}
+        assert set(x) == {"text", "score", "tokens", "finish_reason", "sample_index", "seed", "latent", "ranking"}
+        assert set(x["ranking"]) == {"likelihood", "anti_lm", "rank"}
+        assert x["ranking"]["likelihood"] == pytest.approx(x["score"])
+        assert x["text"].strip()  # an empty reply is never returned
         assert x["finish_reason"] in ("eos", "length") and x["latent"] is None
         assert x["seed"] == 7 + x["sample_index"]
         assert 0 <= x["tokens"] <= 12
@@ -50,25 +52,50 @@ def test_same_seed_same_replies(client):
         assert a["replies"] == b["replies"]
 
 
+def test_without_reranking_replies_come_by_score(client):
+    body = post(client, n=4, seed=7, rerank=False)
+    assert body["reranked"] is False and body["candidates"] >= 4  # more when duplicates were redrawn
+    scores = [x["score"] for x in body["replies"]]
+    assert scores == sorted(scores, reverse=True) and all(x["ranking"] is None for x in body["replies"])
+
+
+def test_reranked_reply_replays_with_its_seed_and_reranking_off(unbatched):
+    for strategy in ("greedy", "sample"):
+        full = post(unbatched, n=4, seed=11, strategy=strategy, return_latents=True)
+        assert full["candidates"] >= 12
+        for reply in full["replies"]:
+            alone = post(unbatched, n=1, seed=reply["seed"], strategy=strategy, rerank=False, return_latents=True)
+            got = alone["replies"][0]
+            assert (got["text"], got["latent"], got["score"]) == (reply["text"], reply["latent"], reply["score"])
+
+
+def test_candidates_bounds(client):
+    assert post(client, n=2, seed=1, candidates=2)["candidates"] >= 2
+    r = client.post("/respond", json={"context": CTX, "n": 3, "candidates": 2})
+    assert r.status_code == 422 and "candidates" in r.text
+
+
 def test_reply_seed_replays_that_reply(unbatched):
     for strategy in ("greedy", "sample"):
-        full = post(unbatched, n=5, seed=2**63 - 3, strategy=strategy, dedupe=False, return_latents=True)
+        full = post(unbatched, n=5, seed=2**63 - 3, strategy=strategy, dedupe=False, return_latents=True,
+                    rerank=False)
         assert {r["seed"] for r in full["replies"]} == {(2**63 - 3 + i) % (2**63 - 1) for i in range(5)}
         for reply in full["replies"]:
-            alone = post(unbatched, n=1, seed=reply["seed"], strategy=strategy, dedupe=False, return_latents=True)
+            alone = post(unbatched, n=1, seed=reply["seed"], strategy=strategy, dedupe=False, return_latents=True,
+                         rerank=False)
             assert alone["replies"][0] == {**reply, "sample_index": 0}
 
 
 def test_latent_depends_only_on_seed_and_index(client):
     """Whatever else shares the batch, a reply's latent code is the same (it comes from its own seed)."""
-    a = post(client, n=3, seed=50, return_latents=True, dedupe=False)
-    b = post(client, n=1, seed=52, return_latents=True, dedupe=False, context=CTX)
+    a = post(client, n=3, seed=50, return_latents=True, dedupe=False, rerank=False)
+    b = post(client, n=1, seed=52, return_latents=True, dedupe=False, context=CTX, rerank=False)
     lat_a = {r["seed"]: r["latent"] for r in a["replies"]}
     assert lat_a[52] == b["replies"][0]["latent"]
 
 
 def test_latents_round_trip(unbatched):
-    first = post(unbatched, n=3, seed=9, return_latents=True, dedupe=False)
+    first = post(unbatched, n=3, seed=9, return_latents=True, dedupe=False, rerank=False)
     codes = [r["latent"] for r in sorted(first["replies"], key=lambda r: r["sample_index"])]
     assert all(len(z) == 8 for z in codes)
     again = post(unbatched, latents=codes, dedupe=False)
@@ -87,10 +114,15 @@ def test_latent_temperature_zero_gives_prior_mean(client):
 
 
 def test_dedupe_drops_repeats_and_draws_more(client, make_settings):
-    body = post(client, n=3, seed=1, latent_temperature=0)  # every draw is the same reply
+    body = post(client, n=3, seed=1, latent_temperature=0, rerank=False)  # every draw is the same reply
     rounds = make_settings().dedupe_rounds
     assert body["n_returned"] == 1
     assert body["duplicates_dropped"] == 2 + 2 * rounds
+    # reranking: 9 candidates, all one reply, then a round per missing reply (2, or 3 when the one reply was
+    # cut by the length limit and so does not count as usable)
+    body = post(client, n=3, seed=1, latent_temperature=0)
+    assert body["n_returned"] == 1 and body["candidates"] in (9 + 2 * rounds, 9 + 3 * rounds)
+    assert body["duplicates_dropped"] == body["candidates"] - 1
 
 
 def test_dedupe_returns_distinct_texts(client):
@@ -107,7 +139,7 @@ def test_dedupe_with_given_latents_does_not_resample(client):
 
 
 def test_max_tokens_limits_length(client):
-    body = post(client, n=3, seed=4, max_tokens=2, dedupe=False)
+    body = post(client, n=3, seed=4, max_tokens=2, dedupe=False, rerank=False)
     assert all(r["tokens"] <= 2 for r in body["replies"])
 
 

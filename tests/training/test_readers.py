@@ -40,7 +40,7 @@ def test_unknown_corpus_or_split_is_rejected(tmp_path):
 def test_missing_folder_or_file_is_a_clear_error(tmp_path, corpus):
     with pytest.raises(FileNotFoundError, match="not found"):
         read_corpus(corpus, tmp_path / "nowhere", "train")
-    with pytest.raises(FileNotFoundError, match=r"missing .*(train\.jsonl|train\.zip)"):
+    with pytest.raises(FileNotFoundError, match=r"missing .*(train\.jsonl|train\.zip|chitchat data)"):
         read_corpus(corpus, tmp_path, "train")
 
 

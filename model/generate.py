@@ -1,0 +1,103 @@
+"""Replies to many contexts at once, as the service makes them: for offline evaluation and the CLI.
+
+The same pieces as the service's engine (app.engine), without its request batching: prior latent codes
+from per-candidate seeds (model.decoding.latent_noise), lexicon-constrained decoding (model.lexicon), the
+anti-language-model score and the maximal-marginal-relevance choice (model.rerank). Candidate i of a context
+with seed s has seed s + i, as in the service.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import decoding, rerank
+from .bundle import Bundle
+from .config import BOS_ID, PAD_ID, UNK_ID
+from .inputs import collate, serving_context
+from .lexicon import PieceConstraint
+from .text import detokenize, normalize
+
+
+def null_condition(bundle: Bundle) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c0, z0) of the anti-language-model term: the condition of a context holding only the
+    start-of-dialog marker (1, cond_dim), and the prior mean there (1, Z)."""
+    cfg = bundle.config
+    turns, flags = serving_context([], bundle.tokenizer.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
+    c0 = bundle.model.encode(collate([turns], [flags]).to(bundle.device))
+    return c0, bundle.model.prior(c0)[0]
+
+
+@dataclass
+class Generated:
+    text: str
+    seed: int
+    finish_reason: str
+    score: float  # mean log p per scored token
+    ranking: rerank.Scored | None
+
+
+class Generator:
+    def __init__(self, bundle: Bundle, lexicon: bool = True, rerank_on: bool = True, candidates_per_reply: int = 3,
+                 mmi_weight: float = rerank.DEFAULT_MMI_WEIGHT, diversity: float = rerank.DEFAULT_DIVERSITY,
+                 latent_temperature: float = 1.0, batch_rows: int = 64):
+        self.bundle = bundle
+        self.banned = (PAD_ID, UNK_ID, BOS_ID, bundle.tokenizer.dialog_start_id)
+        self.constraint = (PieceConstraint(bundle.lexicon, bundle.tokenizer.sp, self.banned)
+                           if lexicon and bundle.lexicon is not None else None)
+        self.rerank_on, self.per_reply = rerank_on, candidates_per_reply
+        self.mmi_weight, self.diversity = mmi_weight, diversity
+        self.latent_temperature, self.batch_rows = latent_temperature, batch_rows
+        self._null: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.inference_mode()
+    def respond(self, contexts: Sequence[Sequence[str]], n: int, seeds: Sequence[int]) -> list[list[Generated]]:
+        """n replies (best first) to each context (turns, oldest first), candidate seeds from seeds[i]."""
+        b, cfg, tok = self.bundle, self.bundle.config, self.bundle.tokenizer
+        k = n * self.per_reply if self.rerank_on else n
+        out: list[list[Generated]] = []
+        for start in range(0, len(contexts), max(1, self.batch_rows // k)):
+            chunk = contexts[start:start + max(1, self.batch_rows // k)]
+            built = [serving_context(tok.encode_batch([normalize(t, b.text_style) for t in c]),
+                                     tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len) for c in chunk]
+            cond = b.model.encode(collate([t for t, _ in built], [f for _, f in built]).to(b.device))
+            mu, logvar = b.model.prior(cond)
+            row_seeds = [(int(seeds[start + i]) + j) % decoding.SEED_MOD for i in range(len(chunk)) for j in range(k)]
+            eps = decoding.latent_noise(row_seeds, cfg.latent_dim).to(b.device)
+            cond_r, mu_r, std_r = (t.repeat_interleave(k, 0) for t in (cond, mu, (0.5 * logvar).exp()))
+            z = mu_r + self.latent_temperature * std_r * eps
+            dec = decoding.decode(b.model, cond_r, z, cfg.max_decode_len, banned=self.banned,
+                                  constraint=self.constraint)
+            null = self._null_logprob(dec.tokens) if self.rerank_on else [0.0] * len(dec.tokens)
+            for i in range(len(chunk)):
+                rows = range(i * k, (i + 1) * k)
+                out.append(self._choose(dec, null, rows, row_seeds, n))
+        return out
+
+    def _null_logprob(self, tokens: list[list[int]]) -> list[float]:
+        if self._null is None:
+            self._null = null_condition(self.bundle)
+        c0, z0 = self._null
+        B = len(tokens)
+        return decoding.sequence_logprob(self.bundle.model, c0.expand(B, -1), z0.expand(B, -1), tokens)
+
+    def _choose(self, dec: decoding.Decoded, null: list[float], rows: range, seeds: list[int],
+                n: int) -> list[Generated]:
+        style = self.bundle.text_style
+        seen: set[str] = set()
+        cands: list[tuple[int, str]] = []
+        for r in rows:
+            text = detokenize(self.bundle.tokenizer.decode(dec.tokens[r]), style)
+            key = " ".join(normalize(text, style).casefold().split())
+            if key and key not in seen:  # empty and repeated replies are dropped, as in the service
+                seen.add(key)
+                cands.append((r, text))
+        if not self.rerank_on:
+            cands.sort(key=lambda c: -dec.score[c[0]])
+            return [Generated(t, seeds[r], dec.finish_reason[r], dec.score[r], None) for r, t in cands[:n]]
+        scored = [rerank.score(dec.logprob[r], null[r], dec.n_scored[r], dec.finish_reason[r] == "eos",
+                               self.mmi_weight) for r, _ in cands]
+        picked = rerank.select([t for _, t in cands], scored, n, self.diversity)
+        return [Generated(cands[i][1], seeds[cands[i][0]], dec.finish_reason[cands[i][0]], dec.score[cands[i][0]],
+                          scored[i]) for i in picked]
