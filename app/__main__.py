@@ -14,6 +14,18 @@ from typing import Any
 
 from .settings import Settings
 
+def _seed(text: str) -> int:
+    from model.decoding import SEED_MOD
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < SEED_MOD:
+        raise argparse.ArgumentTypeError(f"a seed is between 0 and {SEED_MOD - 1}, got {value}")
+    return value
+
+
 def _bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -85,7 +97,7 @@ def respond_parser() -> argparse.ArgumentParser:
                                 description="Print replies to a dialog context, without a server.")
     p.add_argument("turns", nargs="+", help="the dialog so far, oldest turn first (one argument per turn)")
     p.add_argument("-n", type=int, default=5, help="number of replies (default 5)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None, help="0 to 2^63 - 2, as the API takes")
     p.add_argument("--strategy", choices=("greedy", "sample"), default="greedy")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -177,7 +189,7 @@ def respond(argv: list[str]) -> int:
     print(f"# seed {result.seed}; {result.n_returned} of {result.n_requested} replies, "
           f"{result.duplicates_dropped} duplicates dropped")
     for r in result.replies:
-        print(f"{r.score:8.3f}  seed {r.seed:<20d} {r.text}")
+        print(f"{r.score:8.3f}  seed {r.seed!s:<20} {r.text}")
     return 0
 
 

@@ -89,7 +89,7 @@ class Reply:
     tokens: int  # tokens generated, without </s>
     finish_reason: str  # "eos" or "length"
     sample_index: int
-    seed: int
+    seed: int | None  # None for a reply decoded from a given latent code (no seed replays it)
     latent: list[float] | None = None
     ranking: dict[str, float] | None = None  # model.rerank.Scored as a dict, when reranked
     logprob_null: float | None = field(default=None, repr=False)  # log p(r | c0, z0), nats (reranking)
@@ -385,7 +385,8 @@ class Engine:
             text = detokenize(self.tokenizer.decode(out.tokens[j]), style)
             job.replies.append(Reply(
                 text=text, score=float(out.score[j]), tokens=len(out.tokens[j]),
-                finish_reason=out.finish_reason[j], sample_index=idx, seed=(job.seed + idx) % SEED_MOD,
+                finish_reason=out.finish_reason[j], sample_index=idx,
+                seed=None if job.req.latents is not None else (job.seed + idx) % SEED_MOD,
                 latent=zrow.float().cpu().tolist() if job.req.return_latents else None,
                 logprob_null=null_of.get(j), n_scored=out.n_scored[j]))
 

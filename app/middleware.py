@@ -16,6 +16,7 @@ access_log = logging.getLogger("app.access")
 _GOOD_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 ROUTES = {"/", "/respond", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json", "/redoc"}
 PREFIXES = ("/static/", "/docs-assets/")
+JSON_ROUTES = {"/respond"}  # POST routes whose body must be declared JSON (else 415)
 
 
 def route_label(path: str) -> str:
@@ -73,6 +74,11 @@ class ServiceMiddleware:
         parsing; returns a receive that replays it, or None when a response was already sent."""
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             return receive
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["path"] in JSON_ROUTES and ctype != b"application/json":
+            await _send_json(send, 415, {"detail": "send the body as JSON with 'Content-Type: application/json'",
+                                         "request_id": rid})
+            return None
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():

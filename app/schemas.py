@@ -15,7 +15,8 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 class RespondRequestBase(BaseModel):
     """Fields and checks that do not depend on the configured limits (see :func:`request_model`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: "5" is not a number and true is not 1 (ints are accepted where a float is expected).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     context: list[str]
     n: int = Field(5, ge=1, description="number of replies")
@@ -47,10 +48,17 @@ class RespondRequestBase(BaseModel):
         return v
 
 
-def request_model(settings: Settings) -> type[RespondRequestBase]:
-    """RespondRequest with this deployment's limits, so they show in the OpenAPI schema too."""
+
+LATENT_LIMIT = 100.0  # |value| of a given latent code: far outside any prior (values are in standard deviations)
+
+
+def request_model(settings: Settings, model_max_tokens: int | None = None) -> type[RespondRequestBase]:
+    """RespondRequest with this deployment's limits, so they show in the OpenAPI schema too. ``max_tokens`` is
+    bounded by the setting and by the served model's max_decode_len when known."""
     turn = Annotated[str, StringConstraints(min_length=1, max_length=settings.max_turn_chars)]
-    code = Annotated[list[FiniteFloat], Field(min_length=1, max_length=4096)]
+    value = Annotated[float, Field(ge=-LATENT_LIMIT, le=LATENT_LIMIT, allow_inf_nan=False)]
+    code = Annotated[list[value], Field(min_length=1, max_length=4096)]
+    max_tokens = min(settings.max_tokens, model_max_tokens or settings.max_tokens)
     return create_model(
         "RespondRequest",
         __base__=RespondRequestBase,
@@ -58,10 +66,14 @@ def request_model(settings: Settings) -> type[RespondRequestBase]:
                                    description="the dialog so far, oldest turn first; the last turn is the "
                                                "other party's")),
         n=(int, Field(5, ge=1, le=settings.max_n, description="number of replies")),
-        max_tokens=(int | None, Field(None, ge=1, le=settings.max_tokens,
-                                      description="tokens per reply; absent: the limit")),
+        max_tokens=(int | None, Field(None, ge=1, le=max_tokens,
+                                      description="tokens per reply; absent: the limit (the smaller of the "
+                                                  "server's max_tokens and the model's max_decode_len)")),
         latents=(list[code] | None, Field(None, min_length=1, max_length=settings.max_n,
-                                          description="latent codes to decode instead of sampling")),
+                                          description="latent codes to decode instead of sampling, values "
+                                                      f"within +-{LATENT_LIMIT:g}; one reply each, so n, if "
+                                                      "given, must equal their number; their replies carry "
+                                                      "no seed")),
     )
 
 
@@ -71,8 +83,8 @@ class ReplyOut(BaseModel):
     tokens: int = Field(description="number of generated tokens, without the end token")
     finish_reason: Literal["eos", "length"]
     sample_index: int
-    seed: int = Field(description="this reply's own seed: a request with it, n=1 and rerank=false replays "
-                                  "the reply")
+    seed: int | None = Field(description="this reply's own seed: a request with it, n=1 and rerank=false "
+                                         "replays the reply (null for a reply decoded from a given latent code)")
     latent: list[float] | None = None
     ranking: dict[str, float] | None = Field(
         None, description="when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log p(reply) "

@@ -150,6 +150,16 @@ def verify_bundle(path: str | Path) -> tuple[dict[str, Any], str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
+def model_limits(path: str | Path) -> dict[str, int] | None:
+    """The decoding limits a bundle's config.json records, read without loading (or checking) the bundle;
+    None when it cannot be read. The service states them in its request schema before the model loads."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())["model"]
+        return {"max_decode_len": int(cfg["max_decode_len"]), "latent_dim": int(cfg["latent_dim"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = "cpu",
                 quantize: str = "none") -> Bundle:
     """Verify and load a bundle; ``quantize='int8'`` quantizes the decoder for CPU serving (model.quantize)."""

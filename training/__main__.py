@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except ModuleNotFoundError as e:
+        print(f"error: {e}: training needs its extra packages; install them with "
+              "`.venv/bin/pip install -c constraints.txt -e '.[train]'` (or `make install-dev`)", file=sys.stderr)
+        return 2
     except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, FileNotFoundError,
             HumanEvalError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -152,7 +152,10 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+        msg = str(e)
+        where = prefix.rstrip(".") or "config"
+        # messages that already name their key ("schedule.kind must be ...") are not prefixed again
+        raise ConfigError(msg if msg.startswith(prefix) and prefix else f"{where}: {msg}") from None
     # Light type checks so that "--set train.steps=abc" fails here, not deep inside the loop.
     for k, v in kwargs.items():
         default = getattr(cls(), k) if k in known else None

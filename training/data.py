@@ -52,7 +52,8 @@ def read_corpus(corpus: str, path: str | Path, split: str) -> list[Dialog]:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{corpus} corpus not found: {path}")
+        where = "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
+        raise FileNotFoundError(f"{corpus} corpus not found: {path}{where}")
     if corpus == "swda":
         return _read_swda(_split_file(path, split, ".jsonl"))
     if corpus == "dailydialog":

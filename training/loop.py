@@ -93,7 +93,6 @@ class Trainer:
 
     def prepare(self) -> None:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
         cfg_path = self.out / "config.json"
         resolved = cfg.to_dict()
         if self.ckpt_path.exists() and cfg_path.exists():
@@ -102,12 +101,13 @@ class Trainer:
             if diff:
                 raise RunError(f"{self.out} holds a run with a different config ({', '.join(diff)}); "
                                "resume with the same config or choose another --out")
-        elif self.is_main:
-            cfg_path.write_text(json.dumps(resolved, indent=2))
         self.style = cfg.data.style
         log.info("reading %s", ", ".join(f"{s.corpus} from {s.dir}" for s in cfg.data.sources))
         train_dialogs = load_split(cfg, "train")
         valid_dialogs = load_split(cfg, "valid")
+        self.out.mkdir(parents=True, exist_ok=True)  # once the data reads: a failed start leaves nothing behind
+        if self.is_main and not (self.ckpt_path.exists() and cfg_path.exists()):
+            cfg_path.write_text(json.dumps(resolved, indent=2))
         tok_path = self.out / "tokenizer.model"
         if self.is_main and not tok_path.exists():
             log.info("training a %d-piece SentencePiece model", cfg.tokenizer.vocab_size)
@@ -246,6 +246,11 @@ class Trainer:
                        "tokens_per_s": window["tok"] * self.world / dt, "batches_per_s": n / dt}
                 self._log(row)
                 bar.set_postfix(beta=f"{beta:.2f}", rc=f"{row['rc_loss']:.1f}", kl=f"{row['kl']:.2f}")
+                if bar.disable and self.is_main:  # no terminal: a progress line instead of the bar
+                    left = (T - t) / max(row["batches_per_s"], 1e-9)
+                    log.info("step %d/%d (%.0f%%) %.2f batches/s, %.0f tokens/s, about %s left; rc %.1f kl %.2f "
+                             "beta %.2f", t, T, 100 * t / T, row["batches_per_s"], row["tokens_per_s"],
+                             _duration(left), row["rc_loss"], row["kl"], beta)
                 window = dict.fromkeys(window, 0.0)
                 window["tok"] = window["n"] = 0
             if self.is_main and (t % lc.eval_every == 0 or t == T):
@@ -296,6 +301,12 @@ class Trainer:
                                                            "selected_step": selected,
                                                            "selected_by": how}})
         log.info("exported %s (sha256 %s)", bundle, sha)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def build_lexicon(dialogs: list, style: str, min_count: int) -> Lexicon | None:

@@ -29,9 +29,10 @@ def require_api_key(rt: RuntimeDep,
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "malformed request: a body that is not UTF-8 JSON, or a bad Content-Length"},
+    400: {"description": "a bad Content-Length"},
     401: {"description": "missing or wrong API key (when one is set)"},
     413: {"description": "request body too large"},
+    415: {"description": "the body is not declared as JSON (Content-Type: application/json)"},
     429: {"description": "too many requests in progress; see Retry-After"},
     503: {"description": "not ready (loading, warming up or draining)"},
     504: {"description": "the request exceeded its time limit"},
@@ -39,7 +40,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def router(settings: Settings) -> APIRouter:
-    Body = request_model(settings)
+    from model.bundle import DEFAULT_BUNDLE, model_limits
+
+    limits = model_limits(settings.bundle or DEFAULT_BUNDLE)
+    Body = request_model(settings, limits["max_decode_len"] if limits else None)
     r = APIRouter(tags=["dialog"])
 
     @r.post("/respond", response_model=RespondResponse, responses=ERRORS,
@@ -48,6 +52,11 @@ def router(settings: Settings) -> APIRouter:
         """Reply to the last turn of ``context`` with up to ``n`` diverse replies, best first."""
         engine = rt.require_engine()
         rid = request.state.request_id
+        if body.latents is not None and "n" in body.model_fields_set and body.n != len(body.latents):
+            raise RequestValidationError([{
+                "type": "value_error", "loc": ("body", "n"), "input": body.n,
+                "msg": f"n is {body.n} but {len(body.latents)} latent codes were given (one reply each): "
+                       "leave n out or make them agree"}])
         try:
             future = engine.submit(GenerationRequest(**body.model_dump()))
         except InputError as e:

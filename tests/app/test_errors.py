@@ -44,9 +44,18 @@ OK = {"context": ["hi there"], "n": 2}
     ({"latents": [[0.0] * 8] * 17}, ["body", "latents"]),
     ({"dedupe": "perhaps"}, ["body", "dedupe"]),
     ({"unknown_field": 1}, ["body", "unknown_field"]),
+    ({"n": "5"}, ["body", "n"]),  # strict types: a string is not a number
+    ({"n": True}, ["body", "n"]),  # nor is a boolean
+    ({"dedupe": 1}, ["body", "dedupe"]),
+    ({"latents": [[0.0] * 8] * 3, "n": 5}, ["body", "n"]),  # n given must match the codes
+    ({"latents": [[1e30] + [0.0] * 7]}, ["body", "latents", 0, 0]),  # far outside any prior
+    ({"candidates": 1, "n": 2}, ["body", "candidates"]),
 ])
 def test_invalid_input_422(client, change, loc):
-    r = client.post("/respond", json={**OK, **change})
+    body = {**OK, **change}
+    if "latents" in change and "n" not in change:
+        del body["n"]
+    r = client.post("/respond", json=body)
     assert r.status_code == 422, r.text
     locs = [e["loc"][: len(loc)] for e in r.json()["detail"]]
     assert loc in locs
@@ -221,7 +230,7 @@ def test_error_in_one_request_spares_the_others(make_client, monkeypatch):
             results[name] = c.post("/respond", json=body)
 
         threads = [threading.Thread(target=call, args=(f"ok{i}", {**OK, "seed": i})) for i in range(4)]
-        threads.append(threading.Thread(target=call, args=("bad", {**OK, "latents": [[42.0] * 8]})))
+        threads.append(threading.Thread(target=call, args=("bad", {"context": ["hi there"], "latents": [[42.0] * 8]})))
         for t in threads:
             t.start()
         for t in threads:
@@ -245,3 +254,21 @@ def test_missing_default_bundle_names_it(make_settings):
     with pytest.raises(BundleError, match="dailydialog-cyclical.*DIALOG_BUNDLE"):
         with TestClient(app):
             pass
+
+
+def test_body_not_declared_json_gets_415(client):
+    r = client.post("/respond", content=json.dumps(OK), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+    r = client.post("/respond", content=json.dumps(OK))  # no Content-Type at all
+    assert r.status_code == 415
+    ok = client.post("/respond", content=json.dumps(OK), headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_max_tokens_schema_states_the_models_limit(client):
+    """The tiny model decodes at most 12 tokens: the schema says 12, so /docs and behaviour agree."""
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["RespondRequest"]
+    limit = schema["properties"]["max_tokens"]["anyOf"][0]["maximum"]
+    assert limit == 12
+    assert client.post("/respond", json={**OK, "max_tokens": 12}).status_code == 200
+    assert client.post("/respond", json={**OK, "max_tokens": 13}).status_code == 422

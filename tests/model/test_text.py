@@ -117,3 +117,22 @@ def test_detokenize_properties(text, style):
 @pytest.mark.parametrize("style", STYLES)
 def test_blank_text_normalises_to_empty(blank, style):
     assert normalize(blank, style) == ""
+
+
+# -- chat: informal input as people type it -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, norm", [
+    ("hiiiii how r u??????", "hii how r u??"),
+    ("i dont know lol, i'm soooo tired.....", "I dont know lol, I'm soo tired..."),
+    ("Good cool hmm :)", "Good cool hmm :)"),
+    ("i'd say ill go, iPhone is fine", "I'd say ill go, iPhone is fine"),
+])
+def test_chat_style(raw, norm):
+    assert normalize(raw, "chat") == norm
+    assert normalize(norm, "chat") == norm
+
+
+def test_chat_detokenize_keeps_emoticons_and_joins_punctuation():
+    assert detokenize("ok :D see you ;)", "chat") == "Ok :D see you ;)"
+    assert detokenize("really ? haha , I ' m in", "chat") == "Really? haha, I'm in"

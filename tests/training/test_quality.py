@@ -101,3 +101,20 @@ def test_score_rejects_incomplete_ratings(tmp_path):
 def test_fleiss_kappa_perfect_and_chance():
     assert fleiss_kappa(np.array([[1, 1, 1], [0, 0, 0], [1, 1, 1]])) == 1.0
     assert fleiss_kappa(np.array([[1, 0], [0, 1], [1, 0], [0, 1]])) < 0
+
+
+def test_quality_cli_end_to_end_on_a_tiny_bundle(tmp_path, synthetic_corpus):
+    from tests.app.conftest import build_tiny_bundle
+    from training.__main__ import main
+
+    bundle = build_tiny_bundle(tmp_path / "b")
+    out, samples = tmp_path / "q.json", tmp_path / "q.jsonl"
+    rc = main(["quality", "--bundle", str(bundle), "--corpus", "jsonl", "--data-dir", str(synthetic_corpus),
+               "--split", "valid", "--contexts", "6", "-n", "3", "--out", str(out), "--samples", str(samples)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["contexts"] == 6 and res["rerank"] is True and res["candidates_per_reply"] == 3
+    assert "generic_reply_rate" not in res  # the tiny bundle records no training data
+    lines = [json.loads(l) for l in samples.read_text().splitlines()]
+    assert len(lines) == 6 and all(1 <= len(l["replies"]) <= 3 and l["reference"] for l in lines)
+    assert all(len(set(l["replies"])) == len(l["replies"]) for l in lines)  # no repeats among a context's replies
