@@ -126,6 +126,10 @@ class Batcher:
             deadline = time.monotonic() + self.max_wait_s
             stop = False
             while sum(j.pending_rows for j in active) < self.max_batch_rows:
+                if self._admitted <= len(active):
+                    # nobody else is admitted: waiting would only delay a lone request (and each of its
+                    # redraw rounds); requests arriving during the step join the next one
+                    break
                 try:
                     job = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:

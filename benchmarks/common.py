@@ -73,10 +73,11 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
-    """fp32 torch.matmul of two n x n matrices: the best GFLOP/s over repeated products (2 n^3 each)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
+def matmul_peak(n: int = 2048, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+    """torch.matmul of two n x n matrices (fp32 unless ``dtype``): the best GFLOP/s over repeated products
+    (2 n^3 each)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    c = torch.empty(n, n, dtype=dtype)
     for _ in range(2):
         torch.matmul(a, b, out=c)
     best = float("inf")

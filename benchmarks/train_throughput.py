@@ -8,7 +8,10 @@ corpus, model and batch size, for ``--warmup`` untimed steps and then ``--steps`
 data stream position:
 
     optimized   the project's training step: batches bucketed by response length (train.bucket=true),
-                vocabulary projection of real (non-padding) decoder positions only
+                the recurrent layers and the vocabulary loss of model.recurrent (input projections of a
+                sequence in one product, an analytic GRU cell, chunked linear + cross-entropy)
+    reference   the same batches through nn.GRU on packed sequences and full logits on real positions
+                (CVAE.use_reference_path: the training step before model.recurrent)
     unbucketed  the same step on shuffled, unsorted batches (train.bucket=false)
     padded      the plain baseline: unsorted batches, and the decoder run over the padded length with the
                 vocabulary projection on every position, padding included (loss masked), as a direct port does
@@ -34,7 +37,7 @@ from model.cvae import CVAE, Batch, gaussian_kl
 
 from .common import matmul_peak, print_header, table, write_json
 
-VARIANTS = ("optimized", "unbucketed", "padded")
+VARIANTS = ("optimized", "reference", "unbucketed", "padded")
 
 
 def gru_flops(n_in: int, hidden: int) -> int:
@@ -132,10 +135,10 @@ def run_variant(trainer: Any, variant: str, warmup: int, steps: int) -> dict[str
     cfg = trainer.cfg
     lc = cfg.train
     torch.manual_seed(lc.seed)
-    model = CVAE(trainer.model.cfg)
+    model = CVAE(trainer.model.cfg).use_reference_path(variant in ("reference", "padded"))
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lc.lr)
-    stream = BatchStream(trainer.train_set, lc.seed, lc.batch_size, bucket=variant == "optimized")
+    stream = BatchStream(trainer.train_set, lc.seed, lc.batch_size, bucket=variant in ("optimized", "reference"))
     forward = padded_forward if variant == "padded" else model.forward
     total = warmup + steps
     flops: dict[str, int] = {}
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                "train_examples": len(trainer.train_set)}
     info = print_header("training throughput", run_cfg)
     peak = matmul_peak()
-    print(f"matmul peak (fp32 2048x2048): {peak:.1f} GFLOP/s", flush=True)
+    peak_bf16 = matmul_peak(dtype=torch.bfloat16)
+    print(f"matmul peak (2048x2048): fp32 {peak:.1f} GFLOP/s, bf16 {peak_bf16:.1f} GFLOP/s", flush=True)
     rows = []
     for v in variants:
         r = run_variant(trainer, v, args.warmup, args.steps)
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     prof = profile_step(trainer) if args.profile else None
     if prof:
         print("\n" + prof)
-    write_json(args.json, {"machine": info, "config": run_cfg, "matmul_peak_gflops": peak, "results": rows,
+    write_json(args.json, {"machine": info, "config": run_cfg, "matmul_peak_gflops": peak,
+                           "matmul_peak_bf16_gflops": peak_bf16, "results": rows,
                            "profile": prof})
     return 0
 

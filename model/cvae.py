@@ -73,9 +73,14 @@ class UtteranceEncoder(nn.Module):
     def __init__(self, cfg: CVAEConfig):
         super().__init__()
         self.rnn = nn.GRU(cfg.embed_dim, cfg.utt_hidden, batch_first=True, bidirectional=True)
+        self.reference = False  # True: nn.GRU on a packed sequence (see CVAE.use_reference_path)
 
     def forward(self, tokens: torch.Tensor, lens: torch.Tensor, embed: nn.Module) -> torch.Tensor:
         # tokens (N, U) padded ids, lens (N,) >= 1; only real tokens are embedded
+        if self.reference:
+            packed = pack_padded_sequence(embed(tokens), lens.cpu(), batch_first=True, enforce_sorted=False)
+            _, h = self.rnn(packed)  # (2, N, H)
+            return torch.cat([h[0], h[1]], dim=-1)
         flat = tokens.reshape(-1)
         return gru_layer(self.rnn, lambda idx: embed(flat.index_select(0, idx)), SortedLengths(lens),
                          width=tokens.shape[1])[1]  # (N, 2H): final forward state, final backward state
@@ -87,10 +92,14 @@ class ContextEncoder(nn.Module):
     def __init__(self, cfg: CVAEConfig):
         super().__init__()
         self.rnn = nn.GRU(cfg.utt_dim + 2, cfg.ctx_hidden, batch_first=True)
+        self.reference = False
 
     def forward(self, utt_vecs: torch.Tensor, flags: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
         # utt_vecs (B, C, 2H), flags (B, C), turns (B,)
         x = torch.cat([utt_vecs, F.one_hot(flags, 2).to(utt_vecs.dtype)], dim=-1)  # (B, C, 2H+2)
+        if self.reference:
+            _, h = self.rnn(pack_padded_sequence(x, turns.cpu(), batch_first=True, enforce_sorted=False))
+            return h[0]
         return gru_layer(self.rnn, x, SortedLengths(turns))[1]  # (B, Hc)
 
 
@@ -158,7 +167,14 @@ class CVAE(nn.Module):
             self.act_predictor = nn.Sequential(nn.Linear(cfg.cond_dim + cfg.latent_dim, cfg.bow_hidden),
                                                nn.Tanh(), nn.Linear(cfg.bow_hidden, cfg.n_acts))
         self.dropout = nn.Dropout(cfg.dropout)
+        self.reference = False
         self.reset_parameters()
+
+    def use_reference_path(self, on: bool = True) -> "CVAE":
+        """Run training's forward pass through nn.GRU on packed sequences and full logits (the implementation
+        before model.recurrent's fast path): what the fast path is tested and benchmarked against."""
+        self.reference = self.utt_encoder.reference = self.ctx_encoder.reference = on
+        return self
 
     def reset_parameters(self) -> None:
         # Zhao et al. initialise every weight uniformly in [-0.08, 0.08].
@@ -269,7 +285,7 @@ class CVAE(nn.Module):
             drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
             drop[:, 0] = False
             inputs = inputs.masked_fill(drop & (inputs != PAD_ID), UNK_ID)
-        if isinstance(self.decoder.rnn, nn.GRU) and isinstance(self.decoder.out, nn.Linear):
+        if not self.reference and isinstance(self.decoder.rnn, nn.GRU) and isinstance(self.decoder.out, nn.Linear):
             rc_nll_sum, n_tokens = self._decoder_nll(inputs, state, targets, batch.resp_lens)
         else:  # a quantized decoder (evaluation as served) has no weights to run the fast path on
             rc_nll_sum, n_tokens = self._decoder_nll_reference(self.dropout(self.embedding(inputs)), state,

@@ -85,7 +85,7 @@ class LoopConfig:
     ckpt_every: int = 500
     valid_max_batches: int = 0  # 0 = the whole validation split
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 (mixed precision on CUDA)
+    amp: str = "none"  # none | bf16 (mixed precision: CUDA, or a CPU with AVX512-BF16/AMX, checked at start)
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     bucket: bool = True  # batch examples of similar length together (less padding)
     export_dtype: str = "float32"  # float32 | float16 weights in the exported bundle

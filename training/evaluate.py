@@ -49,7 +49,7 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
     batches = examples.sequential(batch_size)
     if max_batches:
         batches = batches[:max_batches]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     for idx in tqdm(batches, desc="posterior", disable=not progress or None, leave=False):
         batch = examples.batch(idx).to(device)
         with autocast:

@@ -83,7 +83,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         if lc.amp not in ("none", "bf16"):
             raise RunError(f"train.amp must be none or bf16, got {lc.amp!r}")
-        self.amp = lc.amp == "bf16" and self.device.type == "cuda"
+        self.amp = lc.amp == "bf16"
+        if self.amp and self.device.type == "cpu" and not cpu_has_bf16():
+            raise RunError("train.amp=bf16 on the CPU needs bf16 matrix instructions (AVX512-BF16 or AMX), which "
+                           "this CPU lacks: bf16 would run slower than fp32 here; use train.amp=none")
         self.ckpt_path = self.out / "checkpoint.safetensors"
 
     # ----- set-up -----------------------------------------------------------------------------
@@ -210,7 +213,7 @@ class Trainer:
                    dynamic_ncols=True)
         window = {"rc": 0.0, "kl": 0.0, "bow": 0.0, "act": 0.0, "nll": 0.0, "tok": 0, "n": 0, "gn": 0.0}
         t0 = time.perf_counter()
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext())
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
         while self.step < T:
             t = self.step + 1
             beta = beta_at(t, T, cfg.schedule)
@@ -301,6 +304,15 @@ class Trainer:
                                                            "selected_step": selected,
                                                            "selected_by": how}})
         log.info("exported %s (sha256 %s)", bundle, sha)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bf16 matrix instructions (Linux: the avx512_bf16 or amx_bf16 flags)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _duration(seconds: float) -> str:

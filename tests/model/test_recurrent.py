@@ -1,6 +1,5 @@
 """The fast training paths (model.recurrent) against the reference modules they replace."""
 import copy
-import types
 
 import pytest
 import torch
@@ -67,24 +66,7 @@ def test_linear_cross_entropy_matches_cross_entropy(chunk):
 
 
 def _reference_model(model: CVAE) -> CVAE:
-    """The same weights through nn.GRU on packed sequences and full logits (the path before the fast one)."""
-    ref = copy.deepcopy(model)
-
-    def utt(self, tokens, lens, embed):
-        packed = pack_padded_sequence(embed(tokens), lens.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.rnn(packed)
-        return torch.cat([h[0], h[1]], dim=-1)
-
-    def ctx(self, vecs, flags, turns):
-        x = torch.cat([vecs, F.one_hot(flags, 2).to(vecs.dtype)], dim=-1)
-        _, h = self.rnn(pack_padded_sequence(x, turns.cpu(), batch_first=True, enforce_sorted=False))
-        return h[0]
-
-    ref.utt_encoder.forward = types.MethodType(utt, ref.utt_encoder)
-    ref.ctx_encoder.forward = types.MethodType(ctx, ref.ctx_encoder)
-    ref._decoder_nll = lambda inp, st, tg, rl: ref._decoder_nll_reference(  # type: ignore[method-assign]
-        ref.dropout(ref.embedding(inp)), st, tg, rl)
-    return ref
+    return copy.deepcopy(model).use_reference_path()
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -125,3 +107,20 @@ def test_golden_loss_of_a_fixed_model_and_batch():
     assert out["rc_loss"].item() == pytest.approx(18.58407, rel=1e-4)
     assert out["bow_loss"].item() == pytest.approx(18.75213, rel=1e-4)
     assert out["kl"].item() == pytest.approx(0.010574, rel=1e-3)
+
+
+def test_fast_path_runs_under_bf16_autocast_on_cpu():
+    """train.amp=bf16 (where the CPU has bf16 instructions): the fast path's losses stay close to fp32."""
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    model = CVAE(cfg)
+    batch = make_batch(cfg, B=4, seed=0)
+    torch.manual_seed(1)
+    ref = model(batch)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    (out["rc_loss"] + out["bow_loss"]).backward()
+    for k in ("rc_loss", "bow_loss"):
+        assert abs(out[k].float().item() - ref[k].item()) / ref[k].item() < 0.02
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())

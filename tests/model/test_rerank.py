@@ -37,3 +37,12 @@ def test_similarity_bounds():
     a, b = features("the cat sat"), features("a dog ran")
     assert similarity(a, a) == 1.0 and similarity(a, b) == 0.0
     assert 0 < similarity(a, features("the cat ran")) < 1
+
+
+def test_a_lost_latent_draw_is_not_chosen_for_being_different():
+    texts = ["I like tea a lot.", "I like tea a lot!", "Zebra moon the of."]
+    good = [Scored(-2.0, -3.0, -0.5, True), Scored(-2.1, -3.0, -0.6, True)]
+    lost = Scored(-4.5, -9.0, 0.0, True)  # high rank (unlike anything) but 2.5 nats/token below the best
+    assert select(texts, [*good, lost], 2, diversity=1.0) == [0, 1]
+    assert select(texts, [*good, lost], 2, diversity=1.0, margin=5.0) == [2, 0]
+    assert select(texts, [*good, lost], 3) == [0, 1, 2]  # still used when nothing else is left
