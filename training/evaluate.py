@@ -25,7 +25,7 @@ from model.config import BOS_ID, PAD_ID, UNK_ID
 from model.text import detokenize
 
 from .metrics import (MetricAccumulator, active_units, bleu_precision_recall, distinct_inter,
-                      distinct_intra, mutual_information)
+                      distinct_intra, mi_ceiling, mutual_information)
 
 log = logging.getLogger("training.evaluate")
 _WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
@@ -45,7 +45,7 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
     """Losses with z ~ q(z | c, x) over a split (model in eval mode)."""
     model.eval()
     acc = MetricAccumulator()
-    mus, mis = [], []
+    mus, logvars, zs = [], [], []
     batches = examples.sequential(batch_size)
     if max_batches:
         batches = batches[:max_batches]
@@ -60,16 +60,18 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
         if model.cfg.kgcvae:
             acc.add("act_loss", out["act_loss"] * B, B)
         if latent:
-            mus.append(out["mu_q"].float().cpu().numpy())
-            if B > 1:
-                mis.append((mutual_information(out["mu_q"].float(), out["logvar_q"].float(),
-                                               out["z"].float()), B))
+            mus.append(out["mu_q"].float().cpu())
+            logvars.append(out["logvar_q"].float().cpu())
+            zs.append(out["z"].float().cpu())
     res = acc.summary()
     if latent and mus:
-        mu = np.concatenate(mus)
-        res["active_units"] = active_units(mu)
+        mu = torch.cat(mus)
+        res["active_units"] = active_units(mu.numpy())
         res["latent_dim"] = int(mu.shape[1])
-        res["mi"] = float(sum(m * w for m, w in mis) / max(sum(w for _, w in mis), 1))
+        # over the whole split's aggregate posterior: a batch's estimate cannot exceed log(batch size)
+        res["mi"] = mutual_information(mu, torch.cat(logvars), torch.cat(zs))
+        res["mi_ceiling"] = mi_ceiling(len(mu))
+        res["mi_saturated"] = res["mi"] > 0.9 * res["mi_ceiling"]
     return res
 
 

@@ -114,26 +114,37 @@ def active_units(
     return (count, variances) if return_variances else count
 
 
-def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> float:
-    """Estimate of I(x; z) under q on one batch, in nats (He et al. 2019; Fu et al. 2019).
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, chunk: int = 2048) -> float:
+    """Estimate of I(x; z) under q over N examples, in nats (He et al. 2019; Fu et al. 2019).
 
     With diagonal Gaussian posteriors q(z|x_i) = N(mu_i, diag(exp(logvar_i))) and one sample z_i ~ q(z|x_i):
         I(x; z) = E_x E_{q(z|x)}[log q(z|x)] - E_{q(z)}[log q(z)]
         E_{q(z|x_i)}[log q(z|x_i)] = -H[q(z|x_i)] = -D/2 log(2 pi) - 1/2 sum_d (1 + logvar_id)   (exact)
-        log q(z_i) ~= log (1/B) sum_j q(z_i|x_j)   (the aggregate posterior over the batch)
-    The estimate tends to log B when the posteriors do not overlap.
-    Shapes: mu, logvar, z are (B, D). The caller averages the per-batch values.
+        log q(z_i) ~= log (1/N) sum_j q(z_i|x_j)   (the aggregate posterior over all N examples)
+    The estimate cannot exceed log N (reached when the posteriors do not overlap): pass the whole split, not
+    a batch, and read it against :func:`mi_ceiling`. Shapes: mu, logvar, z are (N, D). The N x N densities are
+    computed ``chunk`` rows at a time from matrix products, in float64.
     """
     if not (mu.shape == logvar.shape == z.shape) or mu.dim() != 2:
-        raise ValueError(f"mu, logvar, z must share shape (B, D); got {mu.shape}, {logvar.shape}, {z.shape}")
+        raise ValueError(f"mu, logvar, z must share shape (N, D); got {mu.shape}, {logvar.shape}, {z.shape}")
     mu, logvar, z = mu.double(), logvar.double(), z.double()
-    batch, dim = mu.shape
+    n, dim = mu.shape
     log_2pi = math.log(2 * math.pi)
     neg_entropy = (-0.5 * dim * log_2pi - 0.5 * (1 + logvar).sum(-1)).mean()
-    diff = z.unsqueeze(1) - mu.unsqueeze(0)  # (B, B, D): z_i - mu_j
-    log_density = -0.5 * (diff.pow(2) / logvar.exp().unsqueeze(0) + logvar.unsqueeze(0) + log_2pi).sum(-1)  # (B, B)
-    log_qz = torch.logsumexp(log_density, dim=1) - math.log(batch)  # (B,)
-    return float(neg_entropy - log_qz.mean())
+    inv_var = (-logvar).exp()  # (N, D)
+    # sum_d (z_i - mu_j)^2 / var_jd = z_i^2 . (1/var_j) - 2 z_i . (mu_j / var_j) + sum_d mu_jd^2 / var_jd
+    const = (mu.pow(2) * inv_var).sum(-1) + logvar.sum(-1) + dim * log_2pi  # (N,)
+    log_qz = []
+    for s in range(0, n, chunk):
+        zc = z[s:s + chunk]
+        quad = zc.pow(2) @ inv_var.T - 2 * zc @ (mu * inv_var).T + const.unsqueeze(0)  # (c, N)
+        log_qz.append(torch.logsumexp(-0.5 * quad, dim=1) - math.log(n))
+    return float(neg_entropy - torch.cat(log_qz).mean())
+
+
+def mi_ceiling(n: int) -> float:
+    """log N: the most :func:`mutual_information` can report over N examples."""
+    return math.log(max(n, 1))
 
 
 # ------------------------------------------------------------------------------------- loss averages
