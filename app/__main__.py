@@ -74,9 +74,28 @@ def _add_flags(p: argparse.ArgumentParser, names: set[str] | None = None) -> Non
                            help=f"{help_} [env {env}]")
 
 
+class UsageError(Exception):
+    """A setting the program cannot run with: printed as one line, exit status 2."""
+
+
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from model.files import DeviceError, pick_device
+
     given = {k: v for k, v in vars(args).items() if k in {f[0] for f in SERVE_FLAGS} and v is not None}
-    return Settings(**given, **extra)  # init arguments take precedence over the environment
+    try:
+        settings = Settings(**given, **extra)  # init arguments take precedence over the environment
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])} (flag --{str(err['loc'][0]).replace('_', '-')} "
+                             f"or DIALOG_{str(err['loc'][0]).upper()}): {err['msg']}, got {err.get('input')!r}"
+                             for err in e.errors())
+        raise UsageError(f"invalid setting: {problems}") from None
+    try:
+        pick_device(settings.device)
+    except DeviceError as e:
+        raise UsageError(str(e)) from None
+    return settings
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -120,7 +139,11 @@ def serve(argv: list[str]) -> int:
 
     args = serve_parser().parse_args(argv)
     extra = {} if args.warmup is None else {"warmup": args.warmup}
-    settings = _settings(args, **extra)
+    try:
+        settings = _settings(args, **extra)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bundle = settings.bundle or DEFAULT_BUNDLE
     if not bundle.is_dir():
@@ -170,7 +193,11 @@ def respond(argv: list[str]) -> int:
     from .engine import Engine, InputError
 
     args = respond_parser().parse_args(argv)
-    s = _settings(args)
+    try:
+        s = _settings(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING)
     try:
         engine = Engine.from_bundle(s.bundle, device=s.device, torch_threads=s.torch_threads,

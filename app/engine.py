@@ -39,6 +39,7 @@ from model import decoding
 from model import rerank as reranking
 from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from model.config import BOS_ID, PAD_ID, UNK_ID
+from model.files import pick_device
 from model.generate import null_condition
 from model.inputs import collate, serving_context
 from model.lexicon import PieceConstraint
@@ -106,12 +107,6 @@ class Result:
     timing_ms: dict[str, float]
     candidates: int = 0  # rows decoded for this request
     reranked: bool = False
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _dedupe_key(text: str, style: str) -> str:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import CVAEConfig
 from .cvae import CVAE
+from .files import atomic_write
 from .lexicon import FILE as LEXICON_FILE
 from .lexicon import Lexicon
 from .quantize import MODES as QUANTIZE_MODES
@@ -45,15 +46,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -83,14 +75,12 @@ def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: st
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in model.state_dict().items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, out / "model.safetensors")
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     config = {"format": FORMAT, "version": VERSION, "name": name, "text_style": text_style,
               "model": model.cfg.to_dict(), "weights_dtype": str(dtype).removeprefix("torch."),
               **(extra or {})}
-    _write_atomic(out / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
-    _write_atomic(out / "tokenizer.model", tokenizer.proto)
+    atomic_write(out / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+    atomic_write(out / "tokenizer.model", tokenizer.proto)
     if lexicon is not None:
         lexicon.save(out / LEXICON_FILE)
     elif (out / LEXICON_FILE).exists():
@@ -103,7 +93,7 @@ def write_manifest(out: Path) -> str:
     names = [*FILES, *((LEXICON_FILE,) if (out / LEXICON_FILE).is_file() else ())]
     manifest = {"format": FORMAT, "version": VERSION, "files": {f: sha256_file(out / f) for f in names}}
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    _write_atomic(out / "manifest.json", data)
+    atomic_write(out / "manifest.json", data)
     for name in (*names, "manifest.json"):
         # Readable by a service running as another user (e.g. a container's non-root user).
         os.chmod(out / name, 0o644)

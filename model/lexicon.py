@@ -65,8 +65,9 @@ class Lexicon:
         return part in self.prefixes or any(ch.isdigit() for ch in part)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(f"# min_count {self.min_count}\n" + "".join(w + "\n" for w in sorted(self.words)),
-                              encoding="utf-8")
+        from .files import atomic_write
+
+        atomic_write(path, f"# min_count {self.min_count}\n" + "".join(w + "\n" for w in sorted(self.words)))
 
     @classmethod
     def load(cls, path: str | Path) -> "Lexicon":

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
 
+from .files import atomic_write
 from .config import BOS_ID, DIALOG_START, EOS_ID, PAD_ID, UNK_ID
 
 
@@ -55,13 +55,7 @@ class Tokenizer:
     def save(self, path: str | Path) -> None:
         """Write atomically: training skips retraining when the file exists, so a torn one (a kill
         mid-write) would stop every resume."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(self.proto)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, self.proto)
 
     @property
     def vocab_size(self) -> int:

@@ -15,6 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from model.files import atomic_path
+
 FORMAT = "cvae-dialog-checkpoint"
 
 
@@ -22,30 +24,13 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write to a temporary file, fsync, rename over the old file, fsync the folder: a kill at
     any moment leaves either the old checkpoint or the new one, never a torn file. Temporary files left by
     an earlier process killed mid-write are removed first (each is as large as a checkpoint)."""
-    for stale in path.parent.glob(path.name + ".tmp*"):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": FORMAT, "state": json.dumps(meta)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_path(path, clean_stale=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": FORMAT, "state": json.dumps(meta)})
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

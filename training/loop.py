@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from model.bundle import save_bundle
 from model.cvae import CVAE
+from model.files import DeviceError, atomic_write, pick_device
 from model.lexicon import Lexicon
 from model.recurrent import keep_freed_memory
 from model.text import normalize
@@ -44,15 +45,6 @@ class RunError(RuntimeError):
     pass
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"train.device={name} but CUDA is not available")
-    return dev
-
-
 def load_split(cfg: RunConfig, split: str) -> list:
     dialogs = read_sources(cfg.data.sources, split)
     limit = cfg.data.max_train_dialogs if split == "train" else cfg.data.max_valid_dialogs
@@ -70,7 +62,10 @@ class Trainer:
         keep_freed_memory()  # see model.recurrent: saves the page faults of re-allocating each step's tensors
         if lc.num_threads:
             torch.set_num_threads(lc.num_threads)
-        self.device = pick_device(lc.device)
+        try:
+            self.device = pick_device(lc.device)
+        except DeviceError as e:
+            raise RunError(f"train.device: {e}") from None
         if self.world > 1:
             if self.device.type == "cuda":
                 local = int(os.environ.get("LOCAL_RANK", 0))
@@ -263,10 +258,9 @@ class Trainer:
                          res["elbo"])
                 if res["elbo"] < self.best:
                     self.best = res["elbo"]
-                    tmp = self.out / "best.safetensors.tmp"
-                    save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                              str(tmp), metadata={"step": str(t), "elbo": str(res["elbo"])})
-                    os.replace(tmp, self.out / "best.safetensors")
+                    weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+                    atomic_write(self.out / "best.safetensors", lambda tmp: save_file(
+                        weights, str(tmp), metadata={"step": str(t), "elbo": str(res["elbo"])}))
             if t % lc.ckpt_every == 0 or t == T:
                 self._save()
             if t % lc.log_every == 0:
@@ -348,9 +342,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue  # a line torn by the kill
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in keep))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(l + "\n" for l in keep))
 
 
 def train(cfg: RunConfig, out_dir: str | Path) -> Path:

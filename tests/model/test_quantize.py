@@ -1,4 +1,4 @@
-"""Int8 decoder quantization (model.quantize): what it changes, what it leaves alone, and its outputs pinned."""
+"""Int8 decoder quantization (model.quantize): what it changes, what it leaves alone, how close it stays."""
 from __future__ import annotations
 
 import warnings
@@ -101,23 +101,41 @@ def test_load_bundle_quantize(tmp_path):
 
 # Pinned replies of the shipped model with its decoder in int8 (greedy, seeded): a change to the
 # quantization or to decoding shows up here. fp32 and int8 agree on most replies; see docs/benchmarks.md.
-PINNED_CONTEXT = ["Hi, how are you doing today?"]
-PINNED_INT8 = ["I'd like to speak to please.", "I'm going to be voting.", "Nothing's going to be a party.",
-               "I'm going to be a party with a new dinner.", "Yes, it has been up in the past six years."]
+CONTEXT = ["Hi, how are you doing today?", "Not bad. Any plans for the weekend?"]
 
 
 @needs_int8
-@pytest.mark.skipif(not DEFAULT_BUNDLE.is_dir(), reason="the default bundle is not installed")
-def test_default_bundle_int8_replies_pinned():
+def test_default_bundle_int8_scores_stay_close_to_fp32():
+    """The int8 decoder scores the fp32 model's replies within 0.1 nats per token of fp32. (Exact int8 strings
+    depend on the CPU's integer kernels, so they are not pinned.)"""
     from app.engine import Engine
+    from model.decoding import sequence_logprob
 
+    fp32 = Engine.from_bundle(DEFAULT_BUNDLE, device="cpu", torch_threads=1)
+    res = fp32.respond(CONTEXT, n=5, seed=0, dedupe=False, rerank=False)
+    tokens = [fp32.tokenizer.encode(r.text) for r in res.replies]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        engine = Engine.from_bundle(DEFAULT_BUNDLE, device="cpu", torch_threads=1, quantize="int8")
-    res = engine.respond(PINNED_CONTEXT, n=5, seed=0, dedupe=False)
-    texts = [r.text for r in sorted(res.replies, key=lambda r: r.sample_index)]
-    assert engine.info()["quantize"] == "int8"
-    assert texts == PINNED_INT8
+        int8 = Engine.from_bundle(DEFAULT_BUNDLE, device="cpu", torch_threads=1, quantize="int8")
+    assert int8.info()["quantize"] == "int8"
+    cond = fp32.model.encode(collate_context(fp32, CONTEXT))
+    z = cond.new_zeros(len(tokens), fp32.config.latent_dim)
+    a = sequence_logprob(fp32.model, cond.expand(len(tokens), -1), z, tokens)
+    b = sequence_logprob(int8.model, cond.expand(len(tokens), -1), z, tokens)
+    for x, y, t in zip(a, b, tokens):
+        assert abs(x - y) / (len(t) + 1) < 0.1
+    replies = int8.respond(CONTEXT, n=5, seed=0).replies
+    assert len(replies) == 5 and all(r.text for r in replies)
+
+
+def collate_context(engine, turns):
+    from model.inputs import collate, serving_context
+    from model.text import normalize
+
+    cfg = engine.config
+    ids = engine.tokenizer.encode_batch([normalize(t, engine.bundle.text_style) for t in turns])
+    ctx, flags = serving_context(ids, engine.tokenizer.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
+    return collate([ctx], [flags])
 
 
 @needs_int8
