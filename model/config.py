@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -46,8 +47,20 @@ class CVAEConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.type in ("int",) and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
                 raise ValueError(f"CVAEConfig.{f.name} must be a non-negative integer, got {v!r}")
+            if f.type == "bool" and not isinstance(v, bool):
+                raise ValueError(f"CVAEConfig.{f.name} must be true or false, got {v!r}")
+            if f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                      or not math.isfinite(v)):
+                raise ValueError(f"CVAEConfig.{f.name} must be a finite number, got {v!r}")
+        for name in ("vocab_size", "embed_dim", "utt_hidden", "ctx_hidden", "latent_dim", "dec_hidden", "bow_hidden",
+                     "prior_hidden", "topic_dim", "act_dim", "max_context_turns", "max_utt_len", "max_decode_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CVAEConfig.{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"CVAEConfig.{name} must lie in [0, 1), got {getattr(self, name)!r}")
         if self.kgcvae and self.n_acts < 2:
             raise ValueError("kgcvae needs n_acts >= 2 (index 0 is 'unknown')")
         if self.vocab_size <= EOS_ID:

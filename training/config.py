@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -171,6 +172,35 @@ def _build(cls: type, d: dict[str, Any], prefix: str) -> Any:
     return obj
 
 
+# Ranges of numeric fields (inclusive lower bound, exclusive upper bound when given): a value outside fails
+# with its key here, not later as a division by zero or a silent no-op.
+RANGES: dict[str, tuple[float, float | None]] = {
+    "data.max_context_turns": (1, None), "data.max_utt_len": (1, None), "data.max_train_dialogs": (0, None),
+    "data.max_valid_dialogs": (0, None), "tokenizer.vocab_size": (8, None), "tokenizer.lexicon_min_count": (0, None),
+    "train.steps": (1, None), "train.batch_size": (1, None), "train.lr": (1e-12, 10.0),
+    "train.grad_clip": (1e-12, None), "train.seed": (0, 2**63), "train.log_every": (1, None),
+    "train.eval_every": (1, None), "train.ckpt_every": (1, None), "train.valid_max_batches": (0, None),
+    "train.num_threads": (0, 1024),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.amp": ("none", "bf16"), "train.export_dtype": ("float32", "float16"), "train.export": ("best", "last"),
+}
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    for key, (lo, hi) in RANGES.items():
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if not math.isfinite(v) or v < lo or (hi is not None and v >= hi):
+            bound = f">= {lo:g}" + (f" and < {hi:g}" if hi is not None else "")
+            raise ConfigError(f"{key} must be {bound}, got {v!r}")
+    for key, options in CHOICES.items():
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if v not in options:
+            raise ConfigError(f"{key} must be one of {', '.join(options)}, got {v!r}")
+
+
 def from_dict(raw: dict[str, Any]) -> RunConfig:
     raw = json.loads(json.dumps(raw))  # deep copy
     model_raw = raw.pop("model", {}) or {}
@@ -193,8 +223,10 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
         # n_acts comes from the data; a placeholder lets the kgCVAE switch validate here.
         CVAEConfig.from_dict({**PRESETS[preset], **model_raw, "n_acts": 2})
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from None
-    return dataclasses.replace(cfg, model=ModelSection(preset=preset, overrides=model_raw))
+        raise ConfigError(str(e).replace("CVAEConfig.", "model.")) from None
+    cfg = dataclasses.replace(cfg, model=ModelSection(preset=preset, overrides=model_raw))
+    _check_ranges(cfg)
+    return cfg
 
 
 def find_config(path: str | Path) -> Path:

@@ -79,8 +79,12 @@ class ScheduleConfig:
             raise ValueError("schedule.cycles must be >= 1")
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError("schedule.ratio must lie in [0, 1]")
-        if self.beta_max < 0:
-            raise ValueError("schedule.beta_max must be >= 0")
+        if not (math.isfinite(self.beta_max) and self.beta_max >= 0):
+            raise ValueError(f"schedule.beta_max must be a finite number >= 0, got {self.beta_max!r}")
+        if self.warmup_steps < 0:
+            raise ValueError("schedule.warmup_steps must be >= 0")
+        if not (math.isfinite(self.lr_min) and self.lr_min >= 0):
+            raise ValueError("schedule.lr_min must be a finite number >= 0")
 
 
 def beta_at(t: int, total_steps: int, cfg: ScheduleConfig) -> float:

@@ -99,8 +99,6 @@ def test_load_bundle_quantize(tmp_path):
         load_bundle(path, quantize="fp8")
 
 
-# Pinned replies of the shipped model with its decoder in int8 (greedy, seeded): a change to the
-# quantization or to decoding shows up here. fp32 and int8 agree on most replies; see docs/benchmarks.md.
 CONTEXT = ["Hi, how are you doing today?", "Not bad. Any plans for the weekend?"]
 
 
