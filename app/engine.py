@@ -273,7 +273,8 @@ class Engine:
         job = _Job(req=req, turn_ids=turn_ids, seed=seed, max_len=max_len, n=n, rerank=do_rerank)
         job.pending = list(range(rows))
         job.next_index = rows
-        job.rounds_left = self.dedupe_rounds if (req.dedupe and req.latents is None) else 0
+        # redraw rounds replace duplicates (with dedupe) and empty replies (always: one is never returned)
+        job.rounds_left = self.dedupe_rounds if req.latents is None else 0
         return job
 
     # ----- torch work (batching thread, or the caller's thread in local use) --------------------------

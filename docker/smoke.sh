@@ -290,9 +290,10 @@ assert 1 <= len(texts) <= n, out
 if shipped:
     assert len(texts) == n, f"asked for {n} replies, got {len(texts)}: {out}"
 assert respond()[1] == texts, "same request and seed gave different replies"
-# Without deduplication every sample comes back: exactly n, whatever the model.
+# Without deduplication every non-empty sample comes back: exactly n from the shipped model (a toy bundle
+# may still fall short when its samples stay empty after the redraw rounds).
 out, texts = respond(strategy="sample", dedupe=False)
-assert len(texts) == n, f"asked for {n} replies without dedupe, got {len(texts)}: {out}"
+assert 1 <= len(texts) <= n and (len(texts) == n or not shipped), f"asked for {n} replies without dedupe: {out}"
 EOF
 log "POST /respond: replies as asked (n=$N); the same seed gives the same replies"
 

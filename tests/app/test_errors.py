@@ -248,11 +248,16 @@ def test_missing_bundle_fails_startup(make_settings, tmp_path):
             pass
 
 
-@pytest.mark.skipif(DEFAULT_BUNDLE.exists(), reason="the default bundle is installed")
-def test_missing_default_bundle_names_it(make_settings):
-    app = create_app(make_settings(bundle=None))
-    with pytest.raises(BundleError, match="dailydialog-cyclical.*DIALOG_BUNDLE"):
-        with TestClient(app):
+def test_missing_default_bundle_names_it(make_settings, monkeypatch, tmp_path):
+    """Without a bundle setting the service serves the default one; when that is not installed the error
+    names it and the setting to use (the default's folder is moved aside for the test)."""
+    import app.main
+
+    missing = tmp_path / "pretrained" / DEFAULT_BUNDLE.name
+    monkeypatch.setattr(app.main, "DEFAULT_BUNDLE", missing)
+    app_ = create_app(make_settings(bundle=None))
+    with pytest.raises(BundleError, match=f"{DEFAULT_BUNDLE.name}.*DIALOG_BUNDLE"):
+        with TestClient(app_):
             pass
 
 
