@@ -36,7 +36,7 @@ def _bool(text: str) -> bool:
 
 
 SERVE_FLAGS: list[tuple[str, Any, str]] = [
-    ("bundle", str, "model bundle folder (default: model/pretrained/dailydialog-cyclical)"),
+    ("bundle", str, "model bundle folder (default: model/pretrained/chat-cyclical)"),
     ("device", str, "auto, cpu, cuda, cuda:N"),
     ("host", str, "address to listen on"),
     ("port", int, "port to listen on"),

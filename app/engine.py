@@ -16,7 +16,7 @@ for different batch shapes (BLAS kernels block by the number of rows), so bit-ex
 only with max_batch_rows = 1; otherwise a near-tie between two tokens can, rarely, break the other way.
 
     from app.engine import Engine
-    engine = Engine.from_bundle("model/pretrained/dailydialog-cyclical")
+    engine = Engine.from_bundle("model/pretrained/chat-cyclical")
     for r in engine.respond(["hi, how are you?"], n=5).replies:
         print(r.score, r.text)
 """
@@ -40,7 +40,7 @@ from model import rerank as reranking
 from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from model.config import BOS_ID, PAD_ID, UNK_ID
 from model.files import pick_device
-from model.generate import null_condition
+from model.generate import AntiLM
 from model.inputs import collate, serving_context
 from model.lexicon import PieceConstraint
 from model.quantize import quantize_decoder
@@ -93,7 +93,7 @@ class Reply:
     seed: int | None  # None for a reply decoded from a given latent code (no seed replays it)
     latent: list[float] | None = None
     ranking: dict[str, float] | None = None  # model.rerank.Scored as a dict, when reranked
-    logprob_null: float | None = field(default=None, repr=False)  # log p(r | c0, z0), nats (reranking)
+    logprob_null: float | None = field(default=None, repr=False)  # log p(r) of the reranker, nats
     n_scored: int = field(default=0, repr=False)
 
 
@@ -174,7 +174,7 @@ class Engine:
                            if lexicon and bundle.lexicon is not None else None)
         self.rerank, self.candidates_per_reply = rerank, candidates_per_reply
         self.max_candidates, self.mmi_weight, self.diversity = max_candidates, mmi_weight, diversity
-        self._null: tuple[torch.Tensor, torch.Tensor] | None = None  # (c0, z0) of the anti-LM term
+        self._anti_lm: AntiLM | None = None  # log p(r) of the reranker, built on first use
         self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer)
         self.observer = self.batcher.observer
 
@@ -387,12 +387,10 @@ class Engine:
                 logprob_null=null_of.get(j), n_scored=out.n_scored[j]))
 
     def _null_logprob(self, tokens: list[list[int]]) -> list[float]:
-        """log p(r | c0, z0) of each reply: the anti-language-model term of model.rerank."""
-        if self._null is None:
-            self._null = null_condition(self.bundle)
-        c0, z0 = self._null
-        B = len(tokens)
-        return decoding.sequence_logprob(self.model, c0.expand(B, -1), z0.expand(B, -1), tokens)
+        """log p(r) of each reply: the anti-language-model term of model.rerank (model.generate.AntiLM)."""
+        if self._anti_lm is None:
+            self._anti_lm = AntiLM(self.bundle)
+        return self._anti_lm.logprob(tokens)
 
     def _end_round(self, job: _Job) -> None:
         """Keep the first of each distinct non-empty text (by sample index); draw more or finish."""

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     contexts = load_contexts(args.data)
     run_cfg = {"modes": ",".join(modes), "quantize": ",".join(quantize), "concurrency": args.concurrency,
                "n": args.n, "max_requests": args.requests, "max_seconds": args.seconds, "warmup": args.warmup,
-               "contexts": len(contexts), "bundle": "model/pretrained/dailydialog-cyclical (default)",
+               "contexts": len(contexts), "bundle": "model/pretrained/chat-cyclical (default)",
                "server": "defaults (max_batch_rows 64, max_wait_ms 5, torch_threads min(4, cores - 1))",
                "settings": " ".join(args.set) or "-"}
     info = print_header("serving: /respond n=5", run_cfg)

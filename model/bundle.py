@@ -33,7 +33,7 @@ FORMAT = "cvae-dialog-bundle"
 VERSION = 1
 FILES = ("model.safetensors", "config.json", "tokenizer.model")
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-DEFAULT_BUNDLE = PRETRAINED_DIR / "dailydialog-cyclical"
+DEFAULT_BUNDLE = PRETRAINED_DIR / "chat-cyclical"
 
 
 class BundleError(RuntimeError):

@@ -7,6 +7,7 @@ with seed s has seed s + i, as in the service.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,13 +21,39 @@ from .lexicon import PieceConstraint
 from .text import detokenize, normalize
 
 
-def null_condition(bundle: Bundle) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c0, z0) of the anti-language-model term: the condition of a context holding only the
-    start-of-dialog marker (1, cond_dim), and the prior mean there (1, Z)."""
-    cfg = bundle.config
-    turns, flags = serving_context([], bundle.tokenizer.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
-    c0 = bundle.model.encode(collate([turns], [flags]).to(bundle.device))
-    return c0, bundle.model.prior(c0)[0]
+# Contexts standing in for "any context" in the anti-language-model term: the start of a dialog and a few
+# everyday turns. A reply that is likely after all of them ("What?", "That's cool", "lol") is generic.
+PROBE_CONTEXTS: tuple[tuple[str, ...], ...] = (
+    (),
+    ("Hi, how are you?",),
+    ("What did you do this weekend?",),
+    ("I don't know what to think about that.",),
+)
+
+
+class AntiLM:
+    """log p(r) of the reranker (model.rerank), estimated as log mean_k p(r | c_k, z_k) over PROBE_CONTEXTS,
+    z_k the prior mean of each: one teacher-forced decoder pass over (replies x probes) rows."""
+
+    def __init__(self, bundle: Bundle):
+        cfg, tok = bundle.config, bundle.tokenizer
+        built = [serving_context(tok.encode_batch([normalize(t, bundle.text_style) for t in probe]),
+                                 tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
+                 for probe in PROBE_CONTEXTS]
+        with torch.inference_mode():
+            self.cond = bundle.model.encode(collate([t for t, _ in built], [f for _, f in built]).to(bundle.device))
+            self.z = bundle.model.prior(self.cond)[0]  # (K, Z): the prior means
+        self.model = bundle.model
+
+    @torch.inference_mode()
+    def logprob(self, tokens: list[list[int]]) -> list[float]:
+        B, K = len(tokens), self.cond.shape[0]
+        if B == 0:
+            return []
+        cond = self.cond.repeat_interleave(B, 0)  # (K * B, Dc): probe-major
+        z = self.z.repeat_interleave(B, 0)
+        lp = torch.tensor(decoding.sequence_logprob(self.model, cond, z, tokens * K), dtype=torch.float64)
+        return (torch.logsumexp(lp.view(K, B), dim=0) - math.log(K)).tolist()
 
 
 @dataclass
@@ -49,7 +76,7 @@ class Generator:
         self.rerank_on, self.per_reply = rerank_on, candidates_per_reply
         self.mmi_weight, self.diversity = mmi_weight, diversity
         self.latent_temperature, self.batch_rows = latent_temperature, batch_rows
-        self._null: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._anti_lm: AntiLM | None = None
 
     @torch.inference_mode()
     def respond(self, contexts: Sequence[Sequence[str]], n: int, seeds: Sequence[int]) -> list[list[Generated]]:
@@ -76,11 +103,9 @@ class Generator:
         return out
 
     def _null_logprob(self, tokens: list[list[int]]) -> list[float]:
-        if self._null is None:
-            self._null = null_condition(self.bundle)
-        c0, z0 = self._null
-        B = len(tokens)
-        return decoding.sequence_logprob(self.bundle.model, c0.expand(B, -1), z0.expand(B, -1), tokens)
+        if self._anti_lm is None:
+            self._anti_lm = AntiLM(self.bundle)
+        return self._anti_lm.logprob(tokens)
 
     def _choose(self, dec: decoding.Decoded, null: list[float], rows: range, seeds: list[int],
                 n: int) -> list[Generated]:
