@@ -60,6 +60,7 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("lexicon", _bool, "true/false: decode only words of the bundle's decoding lexicon"),
     ("rerank", _bool, "true/false: over-generate and choose replies by relevance and diversity"),
     ("candidates_per_reply", int, "candidates decoded per requested reply when reranking"),
+    ("latent_temperature", float, "default scale of the prior's standard deviation (0.7)"),
     ("max_candidates", int, "most candidates one request may decode"),
     ("mmi_weight", float, "weight of the term against generic replies (0: likelihood only)"),
     ("diversity", float, "weight of the similarity penalty between chosen replies"),
@@ -121,12 +122,11 @@ def respond_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--latent-temperature", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--no-dedupe", dest="dedupe", action="store_false")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize", "lexicon", "rerank",
-                   "candidates_per_reply", "max_candidates", "mmi_weight", "diversity"})
+                   "candidates_per_reply", "max_candidates", "mmi_weight", "diversity", "latent_temperature"})
     return p
 
 
@@ -204,7 +204,7 @@ def respond(argv: list[str]) -> int:
                                     **s.engine_options())
         result = engine.respond(args.turns, n=args.n, seed=args.seed, strategy=args.strategy,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                latent_temperature=args.latent_temperature, max_tokens=args.max_tokens,
+                                max_tokens=args.max_tokens,
                                 dedupe=args.dedupe)
     except (BundleError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)

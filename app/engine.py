@@ -70,7 +70,7 @@ class GenerationRequest:
     context: Sequence[str]  # oldest turn first; the last turn is the other party's
     n: int = 5
     seed: int | None = None  # None: a random one, returned in the result
-    latent_temperature: float = 1.0  # scales the prior's standard deviation; 0 gives the prior mean
+    latent_temperature: float | None = None  # scales the prior's std; 0 gives the prior mean; None: the engine's
     latents: Sequence[Sequence[float]] | None = None  # decode these codes instead of sampling
     strategy: Literal["greedy", "sample"] = "greedy"
     temperature: float = 1.0
@@ -154,7 +154,9 @@ class Engine:
     def __init__(self, bundle: Bundle, *, max_n: int = 16, max_tokens: int | None = None,
                  max_batch_rows: int = 64, max_wait_ms: float = 5.0, queue_size: int = 64,
                  dedupe_rounds: int = 3, observer: Observer | None = None, quantize: str = "none",
-                 lexicon: bool = True, rerank: bool = True, candidates_per_reply: int = 3,
+                 lexicon: bool = True, rerank: bool = True,
+                 candidates_per_reply: int = reranking.DEFAULT_CANDIDATES_PER_REPLY,
+                 latent_temperature: float = reranking.DEFAULT_LATENT_TEMPERATURE,
                  max_candidates: int = 64, mmi_weight: float = reranking.DEFAULT_MMI_WEIGHT,
                  diversity: float = reranking.DEFAULT_DIVERSITY):
         if quantize != "none":
@@ -173,6 +175,7 @@ class Engine:
         self.constraint = (PieceConstraint(bundle.lexicon, self.tokenizer.sp, self.banned)
                            if lexicon and bundle.lexicon is not None else None)
         self.rerank, self.candidates_per_reply = rerank, candidates_per_reply
+        self.latent_temperature = latent_temperature
         self.max_candidates, self.mmi_weight, self.diversity = max_candidates, mmi_weight, diversity
         self._anti_lm: AntiLM | None = None  # log p(r) of the reranker, built on first use
         self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer)
@@ -228,6 +231,7 @@ class Engine:
                 "torch_threads": torch.get_num_threads(), "quantize": self.quantize,
                 "lexicon_words": len(self.constraint.lexicon) if self.constraint else 0,
                 "rerank": self.rerank, "candidates_per_reply": self.candidates_per_reply,
+                "latent_temperature": self.latent_temperature,
                 "max_candidates": self.max_candidates, "mmi_weight": self.mmi_weight, "diversity": self.diversity}
 
     # ----- request preparation (cheap, no torch) ----------------------------------------------------
@@ -338,7 +342,8 @@ class Engine:
         else:
             assert job.mu is not None and job.std is not None
             eps = decoding.latent_noise(seeds, self.config.latent_dim).to(self.device)  # (k, Z)
-            z = job.mu + job.req.latent_temperature * job.std * eps
+            temp = self.latent_temperature if job.req.latent_temperature is None else job.req.latent_temperature
+            z = job.mu + temp * job.std * eps
         u = decoding.sampling_uniforms(seeds, job.max_len) if job.req.strategy == "sample" else None
         return z, u
 

@@ -22,8 +22,9 @@ class RespondRequestBase(BaseModel):
     n: int = Field(5, ge=1, description="number of replies")
     seed: int | None = Field(None, ge=0, lt=SEED_MOD,
                              description="same request and seed, same replies; absent: a random one, returned")
-    latent_temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False,
-                                      description="scales the prior's standard deviation; 0 gives the prior mean")
+    latent_temperature: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False,
+                                             description="scales the prior's standard deviation; 0 gives the prior "
+                                                         "mean; absent: the server's setting (0.7 by default)")
     latents: list[list[FiniteFloat]] | None = Field(
         None, description="latent codes to decode instead of sampling (each of the model's latent_dim values)")
     strategy: Literal["greedy", "sample"] = "greedy"

@@ -5,6 +5,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
+
+from model import rerank as rr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -40,12 +42,14 @@ class Settings(BaseSettings):
     lexicon: bool = Field(True, description="decode only words of the bundle's decoding lexicon (when it has one)")
     rerank: bool = Field(True, description="over-generate candidates and choose n by relevance and diversity; "
                                            "a request's 'rerank' overrides it")
-    candidates_per_reply: int = Field(3, ge=1, le=16, description="candidates decoded per requested reply "
+    candidates_per_reply: int = Field(rr.DEFAULT_CANDIDATES_PER_REPLY, ge=1, le=16, description="candidates decoded per requested reply "
                                                                   "when reranking")
+    latent_temperature: float = Field(rr.DEFAULT_LATENT_TEMPERATURE, ge=0, le=10, description="default scale of the prior's standard "
+                                                                   "deviation when sampling latent codes")
     max_candidates: int = Field(64, ge=1, le=256, description="most candidates one request may decode")
-    mmi_weight: float = Field(0.5, ge=0, le=2, description="weight of the anti-language-model term against "
+    mmi_weight: float = Field(rr.DEFAULT_MMI_WEIGHT, ge=0, le=2, description="weight of the anti-language-model term against "
                                                            "generic replies (0: likelihood only)")
-    diversity: float = Field(1.0, ge=0, le=10, description="weight of the similarity penalty of the "
+    diversity: float = Field(rr.DEFAULT_DIVERSITY, ge=0, le=10, description="weight of the similarity penalty of the "
                                                            "maximal-marginal-relevance choice")
 
     def engine_options(self) -> dict[str, object]:
@@ -54,6 +58,7 @@ class Settings(BaseSettings):
                     max_wait_ms=self.max_wait_ms, queue_size=self.queue_size, dedupe_rounds=self.dedupe_rounds,
                     quantize=self.quantize, lexicon=self.lexicon, rerank=self.rerank,
                     candidates_per_reply=self.candidates_per_reply, max_candidates=self.max_candidates,
+                    latent_temperature=self.latent_temperature,
                     mmi_weight=self.mmi_weight, diversity=self.diversity)
 
     # Access.

@@ -66,9 +66,10 @@ class Generated:
 
 
 class Generator:
-    def __init__(self, bundle: Bundle, lexicon: bool = True, rerank_on: bool = True, candidates_per_reply: int = 3,
+    def __init__(self, bundle: Bundle, lexicon: bool = True, rerank_on: bool = True,
+                 candidates_per_reply: int = rerank.DEFAULT_CANDIDATES_PER_REPLY,
                  mmi_weight: float = rerank.DEFAULT_MMI_WEIGHT, diversity: float = rerank.DEFAULT_DIVERSITY,
-                 latent_temperature: float = 1.0, batch_rows: int = 64):
+                 latent_temperature: float = rerank.DEFAULT_LATENT_TEMPERATURE, batch_rows: int = 64):
         self.bundle = bundle
         self.banned = (PAD_ID, UNK_ID, BOS_ID, bundle.tokenizer.dialog_start_id)
         self.constraint = (PieceConstraint(bundle.lexicon, bundle.tokenizer.sp, self.banned)

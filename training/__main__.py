@@ -101,6 +101,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from model import rerank as rr
+
     p = argparse.ArgumentParser(prog="python -m training",
                                 description="Train, evaluate and compare CVAE dialog models.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -147,10 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=1)
     q.add_argument("--no-rerank", dest="rerank", action="store_false", help="n samples, no reranking")
     q.add_argument("--no-lexicon", dest="lexicon", action="store_false", help="unconstrained decoding")
-    q.add_argument("--candidates-per-reply", type=int, default=3)
-    q.add_argument("--mmi-weight", type=float, default=0.5)
-    q.add_argument("--diversity", type=float, default=1.0)
-    q.add_argument("--latent-temperature", type=float, default=1.0)
+    q.add_argument("--candidates-per-reply", type=int, default=rr.DEFAULT_CANDIDATES_PER_REPLY)
+    q.add_argument("--mmi-weight", type=float, default=rr.DEFAULT_MMI_WEIGHT)
+    q.add_argument("--diversity", type=float, default=rr.DEFAULT_DIVERSITY)
+    q.add_argument("--latent-temperature", type=float, default=rr.DEFAULT_LATENT_TEMPERATURE,
+                   help="default: the service's")
     q.set_defaults(func=_quality)
 
     h = sub.add_parser("humaneval", help="blind human evaluation: export a judging sheet, score the ratings")

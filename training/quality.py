@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from model import rerank as rr
 from model.bundle import load_bundle
 from model.generate import Generator
 from model.lexicon import words as lexicon_words
@@ -117,8 +118,9 @@ def measure(items: Sequence[dict[str, Any]], generic: set[str] | None) -> dict[s
 
 def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "test", n: int = 5,
             contexts: int = 200, seed: int = 1, rerank: bool = True, lexicon: bool = True,
-            candidates_per_reply: int = 3, mmi_weight: float = 0.5, diversity: float = 1.0,
-            latent_temperature: float = 1.0, samples_out: str | Path | None = None,
+            candidates_per_reply: int = rr.DEFAULT_CANDIDATES_PER_REPLY, mmi_weight: float = rr.DEFAULT_MMI_WEIGHT,
+            diversity: float = rr.DEFAULT_DIVERSITY, latent_temperature: float = rr.DEFAULT_LATENT_TEMPERATURE,
+            samples_out: str | Path | None = None,
             device: str = "cpu") -> dict[str, Any]:
     from .data import Source, TEXT_STYLE, read_sources
 
