@@ -27,7 +27,7 @@ from .lexicon import words
 
 # Defaults of the reply pipeline, chosen by blind rating on validation contexts (docs/quality.md).
 DEFAULT_LATENT_TEMPERATURE = 0.7
-DEFAULT_CANDIDATES_PER_REPLY = 3
+DEFAULT_CANDIDATES_PER_REPLY = 5
 DEFAULT_MMI_WEIGHT = 0.5
 DEFAULT_DIVERSITY = 1.0
 DEFAULT_MARGIN = 1.0
