@@ -378,9 +378,14 @@ class Engine:
         out = decoding.decode(self.model, cond, z, max_len, strategy=strategy, temperature=temperature,
                               top_k=top_k, top_p=top_p, uniforms=u, banned=self.banned,
                               constraint=self.constraint)
-        ranked = [j for j, r in enumerate(live) if r[0].rerank]
-        null = self._null_logprob([out.tokens[j] for j in ranked]) if ranked else []
-        null_of = dict(zip(ranked, null))
+        # the anti-LM term, once per distinct reply (over-generated candidates repeat; empty ones are dropped)
+        distinct: dict[tuple[int, ...], int] = {}
+        for j, r in enumerate(live):
+            if r[0].rerank and out.tokens[j]:
+                distinct.setdefault(tuple(out.tokens[j]), len(distinct))
+        null = self._null_logprob([list(t) for t in distinct]) if distinct else []
+        null_of = {j: null[distinct[tuple(out.tokens[j])]] for j, r in enumerate(live)
+                   if r[0].rerank and out.tokens[j]}
         style = self.bundle.text_style
         for j, (job, idx, zrow, _) in enumerate(live):
             text = detokenize(self.tokenizer.decode(out.tokens[j]), style)

@@ -248,11 +248,14 @@ def _print_row(mode: str, r: dict[str, Any]) -> None:
           f"{r['replies_per_s']:.1f} replies/s", flush=True)
 
 
-def setups(quantize: list[str], extra: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def setups(quantize: list[str], extra: dict[str, Any], batching: tuple[str, ...] = ("on", "off")
+           ) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for q in quantize:
-        out.append((f"batched/{q}", {**extra, "quantize": q}))
-        out.append((f"unbatched/{q}", {**extra, "quantize": q, "max_batch_rows": 1}))
+        if "on" in batching:
+            out.append((f"batched/{q}", {**extra, "quantize": q}))
+        if "off" in batching:
+            out.append((f"unbatched/{q}", {**extra, "quantize": q, "max_batch_rows": 1}))
     return out
 
 
@@ -261,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="http,engine", help="comma-separated: http, engine")
     p.add_argument("--quantize", default="none,int8", help="comma-separated decoder quantizations to run")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
+    p.add_argument("--batching", default="on,off", help="comma-separated: on, off (max_batch_rows=1)")
     p.add_argument("-n", type=int, default=5, help="replies per request")
     p.add_argument("--requests", type=int, default=300, help="most measured requests per cell")
     p.add_argument("--seconds", type=float, default=6.0, help="most measured seconds per cell")
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     info = print_header("serving: /respond n=5", run_cfg)
     rows: list[dict[str, Any]] = []
     for mode in modes:
-        for name, settings in setups(quantize, extra):
+        for name, settings in setups(quantize, extra, tuple(b.strip() for b in args.batching.split(","))):
             bench = bench_http if mode == "http" else bench_engine
             for r in bench(name, settings, contexts, args):
                 r["mode"] = mode

@@ -161,6 +161,9 @@ def sequence_logprob(model: CVAE, cond: torch.Tensor, z: torch.Tensor, tokens: l
     inp, tgt = inp.to(device), tgt.to(device)
     state, _ = model.init_decoder(cond, z)
     out, _ = model.decoder.rnn(model.embedding(inp), state.unsqueeze(0).contiguous())  # (B, T, Hd)
-    logp = F.log_softmax(model.decoder.out(out).float(), dim=-1)  # (B, T, V)
-    picked = logp.gather(2, tgt.unsqueeze(2)).squeeze(2) * (tgt != PAD_ID)
-    return picked.double().sum(dim=1).cpu().tolist()
+    real = (tgt != PAD_ID).reshape(-1).nonzero().squeeze(1)  # project real positions only: the cost is there
+    logits = model.decoder.out(out.reshape(B * T, -1).index_select(0, real)).float()  # (N_tok, V)
+    picked = logits.gather(1, tgt.reshape(-1).index_select(0, real).unsqueeze(1)).squeeze(1)
+    tok = (picked - torch.logsumexp(logits, dim=1)).double()  # (N_tok,)
+    row = torch.arange(B, device=device).repeat_interleave(T).index_select(0, real)
+    return torch.zeros(B, dtype=torch.float64, device=device).index_add_(0, row, tok).cpu().tolist()

@@ -97,7 +97,11 @@ class Generator:
             z = mu_r + self.latent_temperature * std_r * eps
             dec = decoding.decode(b.model, cond_r, z, cfg.max_decode_len, banned=self.banned,
                                   constraint=self.constraint)
-            null = self._null_logprob(dec.tokens) if self.rerank_on else [0.0] * len(dec.tokens)
+            null = [0.0] * len(dec.tokens)
+            if self.rerank_on:  # once per distinct non-empty reply, as the service does
+                distinct = list(dict.fromkeys(tuple(t) for t in dec.tokens if t))
+                scores = dict(zip(distinct, self._null_logprob([list(t) for t in distinct])))
+                null = [scores.get(tuple(t), 0.0) for t in dec.tokens]
             for i in range(len(chunk)):
                 rows = range(i * k, (i + 1) * k)
                 out.append(self._choose(dec, null, rows, row_seeds, n))
