@@ -24,7 +24,7 @@ def test_response_shape(client):
     body = r.json()
     assert set(body) == {"replies", "n_requested", "n_returned", "duplicates_dropped", "seed", "model",
                          "timing_ms", "request_id", "candidates", "reranked"}
-    assert body["reranked"] is True and body["candidates"] >= 9  # 3 candidates per reply by default
+    assert body["reranked"] is True and body["candidates"] >= 15  # 5 candidates per reply by default
     assert body["seed"] == 7 and body["n_requested"] == 3 and body["n_returned"] == len(body["replies"])
     assert body["model"]["name"] == "tiny" and len(body["model"]["sha256"]) == 64
     assert r.headers["x-request-id"] == body["request_id"]
@@ -62,7 +62,7 @@ def test_without_reranking_replies_come_by_score(client):
 def test_reranked_reply_replays_with_its_seed_and_reranking_off(unbatched):
     for strategy in ("greedy", "sample"):
         full = post(unbatched, n=4, seed=11, strategy=strategy, return_latents=True)
-        assert full["candidates"] >= 12
+        assert full["candidates"] >= 20
         for reply in full["replies"]:
             alone = post(unbatched, n=1, seed=reply["seed"], strategy=strategy, rerank=False, return_latents=True)
             got = alone["replies"][0]
@@ -118,10 +118,11 @@ def test_dedupe_drops_repeats_and_draws_more(client, make_settings):
     rounds = make_settings().dedupe_rounds
     assert body["n_returned"] == 1
     assert body["duplicates_dropped"] == 2 + 2 * rounds
-    # reranking: 9 candidates, all one reply, then a round per missing reply (2, or 3 when the one reply was
-    # cut by the length limit and so does not count as usable)
+    # reranking: 3 x candidates_per_reply candidates, all one reply, then a round per missing reply (2, or 3
+    # when the one reply was cut by the length limit and so does not count as usable)
+    first = 3 * make_settings().candidates_per_reply
     body = post(client, n=3, seed=1, latent_temperature=0)
-    assert body["n_returned"] == 1 and body["candidates"] in (9 + 2 * rounds, 9 + 3 * rounds)
+    assert body["n_returned"] == 1 and body["candidates"] in (first + 2 * rounds, first + 3 * rounds)
     assert body["duplicates_dropped"] == body["candidates"] - 1
 
 

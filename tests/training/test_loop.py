@@ -53,7 +53,7 @@ def test_train_writes_metrics_checkpoint_and_bundle(synthetic_corpus, tmp_path):
     betas = {r["step"]: r["beta"] for r in train_rows}
     assert (betas[4], betas[8], betas[12], betas[16], betas[20]) == (0.5, 1.0, 1.0, 0.5, 1.0)
     manifest, sha = verify_bundle(run / "bundle")
-    assert set(manifest["files"]) == {"model.safetensors", "config.json", "tokenizer.model"}
+    assert set(manifest["files"]) == {"model.safetensors", "config.json", "tokenizer.model", "lexicon.txt"}
     bundle = load_bundle(run / "bundle")
     assert bundle.sha256 == sha and bundle.text_style == "plain"
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 24

@@ -113,7 +113,10 @@ def test_quality_cli_end_to_end_on_a_tiny_bundle(tmp_path, synthetic_corpus):
                "--split", "valid", "--contexts", "6", "-n", "3", "--out", str(out), "--samples", str(samples)])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert res["contexts"] == 6 and res["rerank"] is True and res["candidates_per_reply"] == 3
+    from model.rerank import DEFAULT_CANDIDATES_PER_REPLY
+
+    assert res["contexts"] == 6 and res["rerank"] is True
+    assert res["candidates_per_reply"] == DEFAULT_CANDIDATES_PER_REPLY
     assert "generic_reply_rate" not in res  # the tiny bundle records no training data
     lines = [json.loads(l) for l in samples.read_text().splitlines()]
     assert len(lines) == 6 and all(1 <= len(l["replies"]) <= 3 and l["reference"] for l in lines)
