@@ -31,8 +31,9 @@ async function submit(event) {
   const list = $("replies");
   list.replaceChildren();
   if (turns.length === 0) { $("status").textContent = "Type at least one turn."; return; }
-  const req = { context: turns, n: Number($("n").value || 5), strategy: $("strategy").value,
-                latent_temperature: Number($("latent_temperature").value || 1) };
+  const req = { context: turns, n: Number($("n").value || 5), strategy: $("strategy").value };
+  // empty: the server's default latent temperature
+  if ($("latent_temperature").value !== "") req.latent_temperature = Number($("latent_temperature").value);
   // Seeds go up to 2^63 - 2, past the 2^53 that a JavaScript number holds exactly: they travel as the
   // digits typed (spliced into the JSON text) and come back as strings (see exactSeeds).
   const seedText = $("seed").value.trim();

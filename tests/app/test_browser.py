@@ -68,11 +68,34 @@ def test_demo_page_shows_n_replies(server, browser):
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#replies li.reply")) == 4)
     replies = browser.find_elements(By.CSS_SELECTOR, "#replies li.reply")
-    scores = [float(li.find_element(By.CLASS_NAME, "score").text) for li in replies]
-    assert scores == sorted(scores, reverse=True)
+    assert all(float(li.find_element(By.CLASS_NAME, "score").text) < 0 for li in replies)
     assert all(li.find_element(By.CLASS_NAME, "text").text for li in replies)
+    seeds = [li.find_element(By.CLASS_NAME, "seed").text for li in replies]
+    assert all(s.startswith("seed ") and int(s[5:]) >= 11 for s in seeds), seeds
     WebDriverWait(browser, 5).until(EC.text_to_be_present_in_element((By.ID, "status"), "seed 11"))
     assert "4 of 4 replies" in browser.find_element(By.ID, "status").text
+
+
+def test_demo_page_keeps_19_digit_seeds_exact(server, browser):
+    """Seeds go up to 2^63 - 2, beyond what a JavaScript number holds exactly: the page sends and shows
+    the digits as typed (a number would turn ...806 into ...808)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    seed = "9223372036854775806"
+    browser.get(server + "/")
+    browser.find_element(By.ID, "context").send_keys("Hello, how are you?")
+    browser.find_element(By.ID, "seed").send_keys(seed)
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 20).until(EC.text_to_be_present_in_element((By.ID, "status"), "seed"))
+    assert f"seed {seed} " in browser.find_element(By.ID, "status").text
+    shown = {li.text for li in browser.find_elements(By.CSS_SELECTOR, "#replies .seed")}
+    assert shown and all(int(s.removeprefix("seed ")) < 2**63 - 1 for s in shown)
+    browser.find_element(By.ID, "seed").clear()
+    browser.find_element(By.ID, "seed").send_keys("-5")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 5).until(EC.text_to_be_present_in_element((By.ID, "status"), "whole number"))
 
 
 def test_demo_page_shows_errors(server, browser):
