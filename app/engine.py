@@ -44,7 +44,7 @@ from model.generate import AntiLM
 from model.inputs import collate, serving_context
 from model.lexicon import PieceConstraint
 from model.quantize import quantize_decoder
-from model.text import detokenize, normalize
+from model.text import detokenize, normalize, reply_key
 
 from .batching import Batcher, EngineClosed, Observer, QueueFull
 
@@ -107,10 +107,6 @@ class Result:
     timing_ms: dict[str, float]
     candidates: int = 0  # rows decoded for this request
     reranked: bool = False
-
-
-def _dedupe_key(text: str, style: str) -> str:
-    return " ".join(normalize(text, style).casefold().split())
 
 
 @dataclass(eq=False)
@@ -378,14 +374,8 @@ class Engine:
         out = decoding.decode(self.model, cond, z, max_len, strategy=strategy, temperature=temperature,
                               top_k=top_k, top_p=top_p, uniforms=u, banned=self.banned,
                               constraint=self.constraint)
-        # the anti-LM term, once per distinct reply (over-generated candidates repeat; empty ones are dropped)
-        distinct: dict[tuple[int, ...], int] = {}
-        for j, r in enumerate(live):
-            if r[0].rerank and out.tokens[j]:
-                distinct.setdefault(tuple(out.tokens[j]), len(distinct))
-        null = self._null_logprob([list(t) for t in distinct]) if distinct else []
-        null_of = {j: null[distinct[tuple(out.tokens[j])]] for j, r in enumerate(live)
-                   if r[0].rerank and out.tokens[j]}
+        ranked = [j for j, r in enumerate(live) if r[0].rerank]
+        null_of = dict(zip(ranked, self._null_logprob([out.tokens[j] for j in ranked]))) if ranked else {}
         style = self.bundle.text_style
         for j, (job, idx, zrow, _) in enumerate(live):
             text = detokenize(self.tokenizer.decode(out.tokens[j]), style)
@@ -407,7 +397,7 @@ class Engine:
         before = len(job.seen)  # replies kept in earlier rounds, then this round's
         kept, fresh = [], sorted(job.replies[before:], key=lambda r: r.sample_index)
         for r in fresh:
-            k = _dedupe_key(r.text, self.bundle.text_style)
+            k = reply_key(r.text, self.bundle.text_style)
             if not k:  # an empty reply is never a reply
                 job.duplicates += 1
             elif job.req.dedupe and k in job.seen:

@@ -18,7 +18,7 @@ from .bundle import Bundle
 from .config import BOS_ID, PAD_ID, UNK_ID
 from .inputs import collate, serving_context
 from .lexicon import PieceConstraint
-from .text import detokenize, normalize
+from .text import detokenize, normalize, reply_key
 
 
 # Contexts standing in for "any context" in the anti-language-model term: the start of a dialog and a few
@@ -31,29 +31,38 @@ PROBE_CONTEXTS: tuple[tuple[str, ...], ...] = (
 )
 
 
+def encode_contexts(bundle: Bundle, contexts: Sequence[Sequence[str]]) -> torch.Tensor:
+    """The condition c (N, cond_dim) of each context (turns, oldest first), built as the service builds it."""
+    cfg, tok = bundle.config, bundle.tokenizer
+    built = [serving_context(tok.encode_batch([normalize(t, bundle.text_style) for t in turns]),
+                             tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len) for turns in contexts]
+    return bundle.model.encode(collate([t for t, _ in built], [f for _, f in built]).to(bundle.device))
+
+
 class AntiLM:
     """log p(r) of the reranker (model.rerank), estimated as log mean_k p(r | c_k, z_k) over PROBE_CONTEXTS,
-    z_k the prior mean of each: one teacher-forced decoder pass over (replies x probes) rows."""
+    z_k the prior mean of each: one teacher-forced decoder pass over (distinct replies x probes) rows."""
 
     def __init__(self, bundle: Bundle):
-        cfg, tok = bundle.config, bundle.tokenizer
-        built = [serving_context(tok.encode_batch([normalize(t, bundle.text_style) for t in probe]),
-                                 tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
-                 for probe in PROBE_CONTEXTS]
         with torch.inference_mode():
-            self.cond = bundle.model.encode(collate([t for t, _ in built], [f for _, f in built]).to(bundle.device))
+            self.cond = encode_contexts(bundle, PROBE_CONTEXTS)
             self.z = bundle.model.prior(self.cond)[0]  # (K, Z): the prior means
         self.model = bundle.model
 
     @torch.inference_mode()
     def logprob(self, tokens: list[list[int]]) -> list[float]:
-        B, K = len(tokens), self.cond.shape[0]
+        """log p(r) per reply, nats; computed once per distinct non-empty reply (over-generated candidates
+        repeat), 0.0 for an empty one."""
+        distinct = list(dict.fromkeys(tuple(t) for t in tokens if t))
+        B, K = len(distinct), self.cond.shape[0]
         if B == 0:
-            return []
+            return [0.0] * len(tokens)
         cond = self.cond.repeat_interleave(B, 0)  # (K * B, Dc): probe-major
         z = self.z.repeat_interleave(B, 0)
-        lp = torch.tensor(decoding.sequence_logprob(self.model, cond, z, tokens * K), dtype=torch.float64)
-        return (torch.logsumexp(lp.view(K, B), dim=0) - math.log(K)).tolist()
+        lp = torch.tensor(decoding.sequence_logprob(self.model, cond, z, [list(t) for t in distinct] * K),
+                          dtype=torch.float64)
+        scores = dict(zip(distinct, (torch.logsumexp(lp.view(K, B), dim=0) - math.log(K)).tolist()))
+        return [scores.get(tuple(t), 0.0) for t in tokens]
 
 
 @dataclass
@@ -82,14 +91,12 @@ class Generator:
     @torch.inference_mode()
     def respond(self, contexts: Sequence[Sequence[str]], n: int, seeds: Sequence[int]) -> list[list[Generated]]:
         """n replies (best first) to each context (turns, oldest first), candidate seeds from seeds[i]."""
-        b, cfg, tok = self.bundle, self.bundle.config, self.bundle.tokenizer
+        b, cfg = self.bundle, self.bundle.config
         k = n * self.per_reply if self.rerank_on else n
         out: list[list[Generated]] = []
         for start in range(0, len(contexts), max(1, self.batch_rows // k)):
             chunk = contexts[start:start + max(1, self.batch_rows // k)]
-            built = [serving_context(tok.encode_batch([normalize(t, b.text_style) for t in c]),
-                                     tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len) for c in chunk]
-            cond = b.model.encode(collate([t for t, _ in built], [f for _, f in built]).to(b.device))
+            cond = encode_contexts(b, chunk)
             mu, logvar = b.model.prior(cond)
             row_seeds = [(int(seeds[start + i]) + j) % decoding.SEED_MOD for i in range(len(chunk)) for j in range(k)]
             eps = decoding.latent_noise(row_seeds, cfg.latent_dim).to(b.device)
@@ -97,11 +104,7 @@ class Generator:
             z = mu_r + self.latent_temperature * std_r * eps
             dec = decoding.decode(b.model, cond_r, z, cfg.max_decode_len, banned=self.banned,
                                   constraint=self.constraint)
-            null = [0.0] * len(dec.tokens)
-            if self.rerank_on:  # once per distinct non-empty reply, as the service does
-                distinct = list(dict.fromkeys(tuple(t) for t in dec.tokens if t))
-                scores = dict(zip(distinct, self._null_logprob([list(t) for t in distinct])))
-                null = [scores.get(tuple(t), 0.0) for t in dec.tokens]
+            null = self._null_logprob(dec.tokens) if self.rerank_on else [0.0] * len(dec.tokens)
             for i in range(len(chunk)):
                 rows = range(i * k, (i + 1) * k)
                 out.append(self._choose(dec, null, rows, row_seeds, n))
@@ -119,7 +122,7 @@ class Generator:
         cands: list[tuple[int, str]] = []
         for r in rows:
             text = detokenize(self.bundle.tokenizer.decode(dec.tokens[r]), style)
-            key = " ".join(normalize(text, style).casefold().split())
+            key = reply_key(text, style)
             if key and key not in seen:  # empty and repeated replies are dropped, as in the service
                 seen.add(key)
                 cands.append((r, text))

@@ -197,3 +197,9 @@ def detokenize(text: str, style: str) -> str:
         if ch.isalnum():
             break
     return text
+
+
+def reply_key(text: str, style: str) -> str:
+    """What makes two replies the same for deduplication: normalised, case-folded, white space collapsed
+    ("" for an empty reply)."""
+    return " ".join(normalize(text, style).casefold().split())

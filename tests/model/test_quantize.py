@@ -116,7 +116,9 @@ def test_default_bundle_int8_scores_stay_close_to_fp32():
         warnings.simplefilter("ignore")
         int8 = Engine.from_bundle(DEFAULT_BUNDLE, device="cpu", torch_threads=1, quantize="int8")
     assert int8.info()["quantize"] == "int8"
-    cond = fp32.model.encode(collate_context(fp32, CONTEXT))
+    from model.generate import encode_contexts
+
+    cond = encode_contexts(fp32.bundle, [CONTEXT])
     z = cond.new_zeros(len(tokens), fp32.config.latent_dim)
     a = sequence_logprob(fp32.model, cond.expand(len(tokens), -1), z, tokens)
     b = sequence_logprob(int8.model, cond.expand(len(tokens), -1), z, tokens)
@@ -124,16 +126,6 @@ def test_default_bundle_int8_scores_stay_close_to_fp32():
         assert abs(x - y) / (len(t) + 1) < 0.1
     replies = int8.respond(CONTEXT, n=5, seed=0).replies
     assert len(replies) == 5 and all(r.text for r in replies)
-
-
-def collate_context(engine, turns):
-    from model.inputs import collate, serving_context
-    from model.text import normalize
-
-    cfg = engine.config
-    ids = engine.tokenizer.encode_batch([normalize(t, engine.bundle.text_style) for t in turns])
-    ctx, flags = serving_context(ids, engine.tokenizer.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
-    return collate([ctx], [flags])
 
 
 @needs_int8
