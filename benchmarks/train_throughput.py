@@ -71,10 +71,13 @@ def batch_flops(cfg: CVAEConfig, batch: Batch) -> dict[str, int]:
     if cfg.kgcvae:
         per_example += (linear_flops(cfg.cond_dim + cfg.latent_dim, cfg.bow_hidden)
                         + linear_flops(cfg.bow_hidden, cfg.n_acts))
+    step_act = cfg.act_dim if cfg.zhao_kgcvae else 0  # Zhao's kgCVAE feeds the act at every decoder step
+    if step_act:
+        per_example += linear_flops(cfg.act_dim, cfg.act_dim)  # the recognition network's tanh layer on e(y)
     return {
         "utt_encoder": utt_step * (ctx_tokens + resp_tokens),
         "ctx_encoder": turns * gru_flops(cfg.utt_dim + 2, cfg.ctx_hidden),
-        "decoder_gru": dec_steps * gru_flops(cfg.embed_dim, cfg.dec_hidden),
+        "decoder_gru": dec_steps * gru_flops(cfg.embed_dim + step_act, cfg.dec_hidden),
         "vocab_projection": dec_steps * linear_flops(cfg.dec_hidden, cfg.vocab_size),
         "mlps": B * per_example,
     }
@@ -95,7 +98,7 @@ def padded_forward(model: CVAE, batch: Batch) -> dict[str, torch.Tensor]:
         drop = torch.rand(inputs.shape) < cfg.word_dropout
         drop[:, 0] = False
         inputs = inputs.masked_fill(drop & (inputs != PAD_ID), UNK_ID)
-    out, _ = model.decoder.rnn(model.dropout(model.embedding(inputs)), state.unsqueeze(0).contiguous())
+    out, _ = model.decoder.rnn(*model.rnn_inputs(model.dropout(model.embedding(inputs)), state))
     logits = model.decoder.out(model.dropout(out))  # (B, T-1, V): padding positions too
     mask = targets != PAD_ID
     tok_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),

@@ -164,7 +164,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = 
             raise ValueError(f"format is {config.get('format')!r}, expected {FORMAT!r}")
         if int(config.get("version", 0)) > VERSION:
             raise ValueError(f"version {config.get('version')} is newer than this code reads ({VERSION})")
-        cfg = CVAEConfig.from_dict(config["model"])
+        cfg = CVAEConfig.from_stored(config["model"])  # without kgcvae_style: the legacy kgCVAE
         style = config["text_style"]
         if style not in STYLES:
             raise ValueError(f"unknown text_style {style!r}")

@@ -10,6 +10,7 @@ from typing import Any
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # A user-defined SentencePiece symbol: the start-of-dialog marker turn (Zhao et al.'s "<d>").
 DIALOG_START = "<d>"
+KGCVAE_STYLES = ("zhao", "legacy")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class CVAEConfig:
     kgcvae: bool = False
     n_acts: int = 0  # index 0 is "unknown" and is never a target
     act_dim: int = 30
+    # "zhao": as Zhao et al.'s code (the act embedding initialises the decoder and is fed at every step; the
+    # softmax-weighted act embedding at inference; the recognition network sees tanh(W y + b)). "legacy": this
+    # project's first kgCVAE (initial state only, argmax act, raw embedding), kept so that models trained with it
+    # load and decode as before: a stored config without the field is legacy (see from_stored).
+    kgcvae_style: str = "zhao"
     # Regularisation.
     dropout: float = 0.0
     word_dropout: float = 0.0  # probability of replacing a decoder input token with <unk>
@@ -51,6 +57,8 @@ class CVAEConfig:
                 raise ValueError(f"CVAEConfig.{f.name} must be a non-negative integer, got {v!r}")
             if f.type == "bool" and not isinstance(v, bool):
                 raise ValueError(f"CVAEConfig.{f.name} must be true or false, got {v!r}")
+            if f.type == "str" and not isinstance(v, str):
+                raise ValueError(f"CVAEConfig.{f.name} must be a string, got {v!r}")
             if f.type == "float" and (isinstance(v, bool) or not isinstance(v, (int, float))
                                       or not math.isfinite(v)):
                 raise ValueError(f"CVAEConfig.{f.name} must be a finite number, got {v!r}")
@@ -61,6 +69,9 @@ class CVAEConfig:
         for name in ("dropout", "word_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"CVAEConfig.{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if self.kgcvae_style not in KGCVAE_STYLES:
+            raise ValueError(f"CVAEConfig.kgcvae_style must be one of {', '.join(KGCVAE_STYLES)}, "
+                             f"got {self.kgcvae_style!r}")
         if self.kgcvae and self.n_acts < 2:
             raise ValueError("kgcvae needs n_acts >= 2 (index 0 is 'unknown')")
         if self.vocab_size <= EOS_ID:
@@ -85,6 +96,16 @@ class CVAEConfig:
         if unknown:
             raise ValueError(f"unknown CVAEConfig field(s): {', '.join(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> "CVAEConfig":
+        """A config read from a bundle or checkpoint: one written before ``kgcvae_style`` existed holds the
+        legacy kgCVAE, so it loads as legacy (its weights have that layout and it must decode as it did)."""
+        return cls.from_dict({"kgcvae_style": "legacy", **d})
+
+    @property
+    def zhao_kgcvae(self) -> bool:
+        return self.kgcvae and self.kgcvae_style == "zhao"
 
     def replace(self, **changes: Any) -> "CVAEConfig":
         return self.from_dict({**self.to_dict(), **changes})

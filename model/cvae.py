@@ -7,6 +7,12 @@ latent code, y the response's dialog act (kgCVAE only).
     recognition  q(z | c, x)  = N(mu_q, diag(exp(logvar_q)))     (kgCVAE: q(z | c, x, y))
     decoder      p(x | c, z)  (kgCVAE: p(x | c, z, y) and p(y | c, z))
 
+kgCVAE as in Zhao et al.'s code (``kgcvae_style = "zhao"``): the act embedding e(y) joins (c, z) in the decoder's
+initial state and is fed beside the token embedding at every decoder step; the recognition network sees
+tanh(W_y e(y) + b_y); at inference, where y is unknown, e(y) is replaced by the softmax-weighted embedding
+sum_a p(a | c, z) e(a). ``"legacy"`` keeps this project's first kgCVAE (e(y) in the initial state only, the
+raw e(y) in the recognition network, the argmax act at inference) for the models trained with it.
+
 The training objective (weighed by the loop, the model never sees beta) is
 
     rc_loss + beta * kl + bow_loss (+ act_loss)
@@ -117,12 +123,15 @@ class PriorNetwork(nn.Module):
 
 
 class RecognitionNetwork(nn.Module):
-    """q(z | c, x[, y]): a linear map of the condition and the response vector, as in Zhao et al."""
+    """q(z | c, x[, y]): a linear map of the condition and the response vector, as in Zhao et al.
+
+    kgCVAE: the act joins them as tanh(W_y e(y) + b_y) (Zhao's style, ``act_fc``) or as the raw e(y) (legacy)."""
 
     def __init__(self, cfg: CVAEConfig):
         super().__init__()
         in_dim = cfg.cond_dim + cfg.utt_dim + (cfg.act_dim if cfg.kgcvae else 0)
         self.net = nn.Linear(in_dim, 2 * cfg.latent_dim)
+        self.act_fc = nn.Sequential(nn.Linear(cfg.act_dim, cfg.act_dim), nn.Tanh()) if cfg.zhao_kgcvae else None
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.net(features).chunk(2, dim=-1)
@@ -130,20 +139,21 @@ class RecognitionNetwork(nn.Module):
 
 
 class Decoder(nn.Module):
-    """GRU language model whose initial state is a linear map of (c, z[, y])."""
+    """GRU language model whose initial state is a linear map of (c, z[, y]); in Zhao's kgCVAE each step's
+    input is the token embedding joined with the act vector (E + A features)."""
 
     def __init__(self, cfg: CVAEConfig):
         super().__init__()
         in_dim = cfg.cond_dim + cfg.latent_dim + (cfg.act_dim if cfg.kgcvae else 0)
         self.init = nn.Linear(in_dim, cfg.dec_hidden)
-        self.rnn = nn.GRU(cfg.embed_dim, cfg.dec_hidden, batch_first=True)
+        self.rnn = nn.GRU(cfg.embed_dim + (cfg.act_dim if cfg.zhao_kgcvae else 0), cfg.dec_hidden, batch_first=True)
         self.out = nn.Linear(cfg.dec_hidden, cfg.vocab_size)
 
     def initial_state(self, features: torch.Tensor) -> torch.Tensor:
         return self.init(features)  # (B, Hd)
 
     def step(self, emb: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoding step: embedded tokens (B, E), state (B, Hd) -> logits (B, V), state (B, Hd)."""
+        """One decoding step: step inputs (B, E[+A]), GRU state (B, Hd) -> logits (B, V), state (B, Hd)."""
         out, h = self.rnn(emb.unsqueeze(1), state.unsqueeze(0).contiguous())
         return self.out(out[:, 0]), h[0]
 
@@ -212,24 +222,60 @@ class CVAE(nn.Module):
         x_vec = self.utt_encoder(batch.resp_tokens, batch.resp_lens, self.embedding)  # (B, 2H)
         parts = [cond, x_vec]
         if self.cfg.kgcvae:
-            parts.append(self.act_embedding(batch.acts))
+            act = self.act_embedding(batch.acts)  # (B, A)
+            parts.append(self.recog_net.act_fc(act) if self.recog_net.act_fc is not None else act)
         return self.recog_net(torch.cat(parts, dim=-1))
+
+    def act_vector(self, act_logits: torch.Tensor, acts: torch.Tensor | None) -> torch.Tensor:
+        """The act's embedding (B, A): of the given acts (teacher forcing), else of the predicted act: Zhao's
+        style weighs every embedding by p(a | c, z), legacy takes the argmax. Index 0 ("unknown", never a
+        target) is left out of both."""
+        if acts is not None:
+            return self.act_embedding(acts)
+        if self.cfg.kgcvae_style == "zhao":
+            probs = act_logits[:, 1:].softmax(dim=-1)  # (B, A-1)
+            return probs.to(self.act_embedding.weight.dtype) @ self.act_embedding.weight[1:]
+        return self.act_embedding(act_logits[:, 1:].argmax(dim=-1) + 1)
 
     def init_decoder(self, cond: torch.Tensor, z: torch.Tensor,
                      acts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Initial decoder state (B, Hd) from (c, z). kgCVAE: conditions on the act, the given one
-        (teacher forcing in training) or else the one it predicts; also returns the act logits."""
+        """The decoder state from (c, z), and the act logits (kgCVAE) or None.
+
+        The state is (B, Hd); in Zhao's kgCVAE it is (B, Hd + A): the GRU state followed by the act vector that
+        every step feeds the decoder. Carrying the act in the state lets a decoding loop that keeps or drops rows
+        of the state (model.decoding) keep each row's act without knowing about it. kgCVAE: conditions on the
+        given acts (teacher forcing in training) or else on the predicted one (see :meth:`act_vector`)."""
         if not self.cfg.kgcvae:
             return self.decoder.initial_state(torch.cat([cond, z], dim=-1)), None
         act_logits = self.act_predictor(torch.cat([cond, z], dim=-1))  # (B, A)
-        if acts is None:
-            acts = act_logits[:, 1:].argmax(dim=-1) + 1  # never predict "unknown"
-        feats = torch.cat([cond, z, self.act_embedding(acts)], dim=-1)
-        return self.decoder.initial_state(feats), act_logits
+        act = self.act_vector(act_logits, acts)  # (B, A)
+        h = self.decoder.initial_state(torch.cat([cond, z, act], dim=-1))  # (B, Hd)
+        if self.cfg.zhao_kgcvae:
+            return torch.cat([h, act.to(h.dtype)], dim=-1), act_logits
+        return h, act_logits
+
+    def split_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A decoder state -> (GRU state (B, Hd), act vector fed at every step (B, A) or None)."""
+        if not self.cfg.zhao_kgcvae:
+            return state, None
+        H = self.cfg.dec_hidden
+        return state[:, :H], state[:, H:]
 
     def decode_step(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B,), state (B, Hd) -> next-token logits (B, V), new state (B, Hd)."""
-        return self.decoder.step(self.embedding(tokens), state)
+        """tokens (B,), state (B, Hd[+A]) -> next-token logits (B, V), new state (B, Hd[+A])."""
+        h, act = self.split_state(state)
+        if act is None:
+            return self.decoder.step(self.embedding(tokens), state)
+        logits, h = self.decoder.step(torch.cat([self.embedding(tokens), act], dim=-1), h)
+        return logits, torch.cat([h, act], dim=-1)
+
+    def rnn_inputs(self, emb: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the decoder GRU runs on over a teacher-forced sequence: embedded tokens (B, T, E) and a decoder
+        state -> the step inputs (B, T, E[+A]) and the initial GRU state (1, B, Hd)."""
+        h, act = self.split_state(state)
+        if act is not None:
+            emb = torch.cat([emb, act.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)
+        return emb, h.unsqueeze(0).contiguous()
 
     # ----- training -------------------------------------------------------------------------
     def _decoder_nll(self, inputs: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
@@ -239,8 +285,15 @@ class CVAE(nn.Module):
         B, Tm1 = targets.shape
         sl = SortedLengths(resp_lens.cpu() - 1)
         flat_in = inputs.reshape(-1)
-        hidden, _ = gru_layer(self.decoder.rnn, lambda idx: self.dropout(self.embedding(flat_in.index_select(0, idx))),
-                              sl, h0=state, outputs=True, width=Tm1)  # (N_tok, Hd)
+        h0, act = self.split_state(state)
+
+        def step_inputs(idx: torch.Tensor) -> torch.Tensor:  # flat positions row * Tm1 + t -> (n, E[+A])
+            emb = self.dropout(self.embedding(flat_in.index_select(0, idx)))
+            if act is None:
+                return emb
+            return torch.cat([emb, act.index_select(0, idx // Tm1).to(emb.dtype)], dim=-1)
+
+        hidden, _ = gru_layer(self.decoder.rnn, step_inputs, sl, h0=h0, outputs=True, width=Tm1)  # (N_tok, Hd)
         flat = torch.from_numpy(sl.flat_index(Tm1)).to(targets.device, non_blocking=True)
         tgt = targets.reshape(-1).index_select(0, flat)  # (N_tok,)
         return linear_cross_entropy(self.dropout(hidden), self.decoder.out, tgt), torch.tensor(len(flat))
@@ -249,8 +302,9 @@ class CVAE(nn.Module):
                                resp_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The same through ``nn.GRU`` on a packed sequence and full logits: the reference the fast path is
         tested against, and the path of a quantized decoder."""
-        packed = pack_padded_sequence(emb, (resp_lens - 1).cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.decoder.rnn(packed, state.unsqueeze(0).contiguous())
+        x, h0 = self.rnn_inputs(emb, state)
+        packed = pack_padded_sequence(x, (resp_lens - 1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.decoder.rnn(packed, h0)
         # Project only real (non-padding) positions: the vocabulary projection dominates the cost.
         B, Tm1 = targets.shape
         steps = (resp_lens.cpu() - 1).tolist()

@@ -160,7 +160,7 @@ def sequence_logprob(model: CVAE, cond: torch.Tensor, z: torch.Tensor, tokens: l
     device = cond.device
     inp, tgt = inp.to(device), tgt.to(device)
     state, _ = model.init_decoder(cond, z)
-    out, _ = model.decoder.rnn(model.embedding(inp), state.unsqueeze(0).contiguous())  # (B, T, Hd)
+    out, _ = model.decoder.rnn(*model.rnn_inputs(model.embedding(inp), state))  # (B, T, Hd)
     real = (tgt != PAD_ID).reshape(-1).nonzero().squeeze(1)  # project real positions only: the cost is there
     logits = model.decoder.out(out.reshape(B * T, -1).index_select(0, real)).float()  # (N_tok, V)
     picked = logits.gather(1, tgt.reshape(-1).index_select(0, real).unsqueeze(1)).squeeze(1)

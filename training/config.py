@@ -224,6 +224,9 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
         CVAEConfig.from_dict({**PRESETS[preset], **model_raw, "n_acts": 2})
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e).replace("CVAEConfig.", "model.")) from None
+    if model_raw.get("kgcvae") and "kgcvae_style" not in model_raw:
+        # recorded in the run's config.json, so that a report (and a resume) knows which kgCVAE ran
+        model_raw["kgcvae_style"] = CVAEConfig().kgcvae_style
     cfg = dataclasses.replace(cfg, model=ModelSection(preset=preset, overrides=model_raw))
     _check_ranges(cfg)
     return cfg

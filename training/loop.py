@@ -95,10 +95,15 @@ class Trainer:
         resolved = cfg.to_dict()
         if self.ckpt_path.exists() and cfg_path.exists():
             saved = json.loads(cfg_path.read_text())
+            model_saved = saved.get("model")
+            if isinstance(model_saved, dict) and model_saved.get("kgcvae") and "kgcvae_style" not in model_saved:
+                model_saved["kgcvae_style"] = "legacy"  # a run started before the field: resume it as it was
             diff = _diff(saved, resolved)
             if diff:
+                hint = (" (a kgCVAE run started before model.kgcvae_style existed is the legacy one: "
+                        "--set model.kgcvae_style=legacy)" if "model.kgcvae_style" in diff else "")
                 raise RunError(f"{self.out} holds a run with a different config ({', '.join(diff)}); "
-                               "resume with the same config or choose another --out")
+                               f"resume with the same config or choose another --out{hint}")
         self.style = cfg.data.style
         log.info("reading %s", ", ".join(f"{s.corpus} from {s.dir}" for s in cfg.data.sources))
         train_dialogs = load_split(cfg, "train")

@@ -78,6 +78,21 @@ def _schedule_kind(config: dict) -> str:
     return str(schedule) if schedule else "unknown"
 
 
+def model_variant(config: dict) -> str:
+    """Which model a run trained, from its config: "kgCVAE (Zhao et al.'s), zhao preset", "kgCVAE (legacy), ...",
+    "CVAE, cpu preset". A kgCVAE config without ``kgcvae_style`` was written before the field existed, when the
+    legacy kgCVAE was the only one."""
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return "unknown"
+    if model.get("kgcvae"):
+        style = model.get("kgcvae_style", "legacy")
+        name = "kgCVAE (Zhao et al.'s)" if style == "zhao" else f"kgCVAE ({style})"
+    else:
+        name = "CVAE"
+    return f"{name}, {model.get('preset', 'cpu')} preset"
+
+
 def _run_name(config: dict, run_dir: Path, taken: set[str]) -> str:
     """The config's `name` (else the directory's), suffixed with the schedule kind when it doesn't name it,
     and made unique among `taken` with -2, -3, ..."""
@@ -100,6 +115,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "dir": str(run_dir),
         "config": config,
         "schedule": _schedule_kind(config),
+        "model": model_variant(config),
         "train": train,
         "valid": valid,
         "final_valid": final_valid,
@@ -131,6 +147,19 @@ def fmt(v: Any) -> str:
         return f"{v:.2f}" if abs(v) >= 100 else f"{v:.4f}"
     text = str(v)
     return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text  # sha256
+
+
+def mi_cell(test: dict) -> str:
+    """The mutual information with its ceiling beside it: the estimate cannot exceed log N over the N examples
+    it averages over, so a value near the ceiling says only that the posteriors barely overlap. Evaluations
+    from before the ceiling was recorded averaged per-batch estimates, each capped at log(batch size)."""
+    mi = test.get("mi")
+    if not _is_number(mi) or not math.isfinite(mi):
+        return fmt(mi)
+    ceiling = test.get("mi_ceiling")
+    if not _is_number(ceiling):
+        return f"{fmt(mi)} (per-batch estimate: at most about log of the batch size, 4.16 for 64)"
+    return f"{fmt(mi)} (ceiling {fmt(ceiling)}{', saturated' if test.get('mi_saturated') else ''})"
 
 
 def _json_safe(v: Any) -> Any:
@@ -264,10 +293,11 @@ def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: s
         data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
         train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
         rows.append([
-            name, _schedule_text(cfg), fmt(data.get("corpus")), fmt(train.get("steps")), fmt(train.get("seed")),
-            fmt(run["last_train"].get("step")), f"`{run['dir']}`",
+            name, _schedule_text(cfg), model_variant(cfg), fmt(data.get("corpus")), fmt(train.get("steps")),
+            fmt(train.get("seed")), fmt(run["last_train"].get("step")), f"`{run['dir']}`",
         ])  # fmt: skip
-    lines += _table(["run", "schedule", "corpus", "steps", "seed", "last step logged", "dir"], rows, numeric=False)
+    lines += _table(["run", "schedule", "model", "corpus", "steps", "seed", "last step logged", "dir"], rows,
+                    numeric=False)
 
     lines += ["", "## Final validation", ""]
     valids = [run["final_valid"] for run in runs.values()]
@@ -281,10 +311,11 @@ def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: s
     lines += ["", "## Test", ""]
     tests = [run["test"] for run in runs.values()]
     if any(t is not None for t in tests):
-        keys = _ordered_keys([t for t in tests if t], TEST_ORDER)
+        keys = [k for k in _ordered_keys([t for t in tests if t], TEST_ORDER) if k != "mi_ceiling"]  # beside mi
         body = [["evaluated"] + [("yes" if t is not None else NOT_EVALUATED) for t in tests]]
         meta = [k for k in ("split", "bundle_sha256") if any(t and k in t for t in tests)]
-        body += [[k] + [fmt(t.get(k)) if t is not None else "–" for t in tests] for k in meta + keys]
+        body += [[k] + [(mi_cell(t) if k == "mi" else fmt(t.get(k))) if t is not None else "–" for t in tests]
+                 for k in meta + keys]
         lines += _table(["metric", *names], body)
         missing = [n for n, t in zip(names, tests) if t is None]
         if missing:
@@ -325,7 +356,7 @@ def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: s
 def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes: str | None = None) -> dict:
     """Compare training runs: writes out_dir/report.md, report.json and beta/kl/rc_loss/valid PNGs.
 
-    Returns the report.json content: {"title", "notes", "plots", "runs": {name: {"schedule", "dir", "config",
+    Returns the report.json content: {"title", "notes", "plots", "runs": {name: {"schedule", "model", "dir", "config",
     "final_valid", "last_train", "test"}}}, with test None for a run without eval/test.json and NaN as None.
     """
     if not run_dirs:
@@ -352,7 +383,7 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
         "notes": notes,
         "plots": plots,
         "runs": {
-            name: {k: run[k] for k in ("schedule", "dir", "config", "final_valid", "last_train", "test")}
+            name: {k: run[k] for k in ("schedule", "model", "dir", "config", "final_valid", "last_train", "test")}
             for name, run in runs.items()
         },
     }

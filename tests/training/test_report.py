@@ -140,3 +140,28 @@ def test_main_cli(runs, tmp_path):
     assert "seed 7 only" in (tmp_path / "cli" / "report.md").read_text()
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
+
+
+def test_mutual_information_is_shown_beside_its_ceiling(tmp_path):
+    whole = {**TEST_METRICS, "mi": 7.63, "mi_ceiling": 8.79, "mi_saturated": False}
+    saturated = {**TEST_METRICS, "mi": 8.70, "mi_ceiling": 8.79, "mi_saturated": True}
+    old = {**TEST_METRICS, "mi": 4.2024}  # an evaluation from before the ceiling was recorded
+    runs = [make_run(tmp_path, f"r{i}", f"run{i}", "cyclical", cyclical_beta, test=t)
+            for i, t in enumerate((whole, saturated, old))]
+    compare(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| mi |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cells == ["7.6300 (ceiling 8.7900)", "8.7000 (ceiling 8.7900, saturated)",
+                     "4.2024 (per-batch estimate: at most about log of the batch size, 4.16 for 64)"]
+    assert "| mi_ceiling |" not in md.split("## Mean over seeds")[0]  # beside the value, not a row of its own
+
+
+def test_runs_table_names_the_model_variant(tmp_path):
+    run = make_run(tmp_path, "kg", "swda", "cyclical", cyclical_beta)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"] = {"preset": "zhao", "kgcvae": True}  # written before kgcvae_style existed
+    (run / "config.json").write_text(json.dumps(cfg))
+    report = compare([run], tmp_path / "out")
+    assert report["runs"]["swda-cyclical"]["model"] == "kgCVAE (legacy), zhao preset"
+    assert "| kgCVAE (legacy), zhao preset |" in (tmp_path / "out" / "report.md").read_text()
