@@ -53,7 +53,7 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("request_timeout_s", float, "per-request time limit (504 after it)"),
     ("torch_threads", int, "torch threads (0: min(4, cores - 1), at least 1)"),
     ("quantize", str, "decoder weights: none or int8 (CPU; faster, slightly different replies)"),
-    ("api_key", str, "require 'Authorization: Bearer KEY' on /respond (prefer DIALOG_API_KEY)"),
+    ("api_key", str, "require 'Authorization: Bearer KEY' on /respond and /v1/... (prefer DIALOG_API_KEY)"),
     ("cors_origins", str, "comma-separated allowed CORS origins"),
     ("drain_timeout_s", float, "how long in-flight requests may finish on SIGTERM"),
     ("drain_grace_s", float, "after SIGTERM, keep listening (answering 503) this long before closing"),

@@ -107,6 +107,9 @@ class Result:
     timing_ms: dict[str, float]
     candidates: int = 0  # rows decoded for this request
     reranked: bool = False
+    # with return_latents: the prior N(mean, diag(std^2)) of the context (Z values each) and the latent
+    # temperature of the draws (None when the request gave its latents)
+    prior: dict[str, Any] | None = None
 
 
 @dataclass(eq=False)
@@ -338,10 +341,12 @@ class Engine:
         else:
             assert job.mu is not None and job.std is not None
             eps = decoding.latent_noise(seeds, self.config.latent_dim).to(self.device)  # (k, Z)
-            temp = self.latent_temperature if job.req.latent_temperature is None else job.req.latent_temperature
-            z = job.mu + temp * job.std * eps
+            z = job.mu + self._temperature(job.req) * job.std * eps
         u = decoding.sampling_uniforms(seeds, job.max_len) if job.req.strategy == "sample" else None
         return z, u
+
+    def _temperature(self, req: GenerationRequest) -> float:
+        return self.latent_temperature if req.latent_temperature is None else req.latent_temperature
 
     def _decode_group(self, key: tuple[Any, ...], items: list[Any]) -> None:
         rows = [(job, idx, z[j], None if u is None else u[j])
@@ -433,6 +438,9 @@ class Engine:
                                    "compute": round(1000 * (now - start), 3),
                                    "total": round(1000 * (now - job.t_submit), 3)},
                         candidates=job.next_index, reranked=job.rerank)
+        if job.req.return_latents and job.mu is not None and job.std is not None:
+            result.prior = {"mean": job.mu[0].float().cpu().tolist(), "std": job.std[0].float().cpu().tolist(),
+                            "latent_temperature": None if job.req.latents is not None else self._temperature(job.req)}
         if not job.future.done():
             try:
                 job.future.set_result(result)

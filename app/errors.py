@@ -1,14 +1,18 @@
-"""Error bodies: FastAPI's usual 422 shape, but never echoing a huge input back."""
+"""Error bodies: FastAPI's usual 422 shape, but never echoing a huge input back; on the OpenAI-compatible
+routes (/v1/...), OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with 400 for invalid input."""
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 MAX_ERRORS = 10
@@ -56,7 +60,93 @@ def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return body
 
 
+# ----- OpenAI's error shape, on the /v1 routes ------------------------------------------------------------
+
+OPENAI_PREFIX = "/v1/"
+# status -> (type, code) when the raiser names no code; clients act on the status (the openai package maps
+# it to its exception classes), the type and code say more to a reader.
+OPENAI_STATUS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    503: ("server_error", "not_ready"),
+    504: ("server_error", "timeout"),
+}
+# pydantic error type -> code of a 400 for invalid input
+_VALIDATION_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter",
+                     "json_invalid": "invalid_json", "unsupported_value": "unsupported_value"}
+
+
+def is_openai_path(path: str) -> bool:
+    return path == "/v1" or path.startswith(OPENAI_PREFIX)
+
+
+class OpenAIError(Exception):
+    """An error of the /v1 routes that names its parameter or code (an unknown model, an unusable message)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind, default_code = OPENAI_STATUS.get(status, ("server_error" if status >= 500 else "invalid_request_error",
+                                                    None))
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
+
+
+def openai_validation_error(errors: list[dict[str, Any]]) -> OpenAIError:
+    """The first of pydantic's errors as a 400: ``param`` the dotted path in the body (``messages.1.content``)."""
+    if not errors:
+        return OpenAIError(400, "invalid request")
+    e = errors[0]
+    loc = [str(x) for x in e.get("loc", ())]
+    if loc[:1] == ["body"]:
+        loc = loc[1:]
+    kind = str(e.get("type", ""))
+    if kind == "json_invalid":
+        loc = []  # the location is a character offset, not a parameter
+    param = ".".join(loc) or None
+    code = _VALIDATION_CODES.get(kind) or ("invalid_type" if kind.endswith("_type") else "invalid_value")
+    msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        msg = f"unknown parameter '{param}' (this server does not support it)"
+    elif param:
+        msg = f"{param}: {msg}"
+    else:
+        msg = f"request body: {msg}"
+    return OpenAIError(400, msg, param=param, code=code)
+
+
+def _openai_response(e: OpenAIError) -> JSONResponse:
+    return JSONResponse(openai_error(e.status, e.message, e.param, e.code), status_code=e.status,
+                        headers=dict(e.headers) if e.headers else None)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            return _openai_response(openai_validation_error(list(exc.errors())))
         return JSONResponse(validation_body(list(exc.errors())), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Any:
+        if not is_openai_path(request.url.path):
+            return await http_exception_handler(request, exc)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"unknown URL: {request.method} {request.url.path}"
+        elif exc.status_code == 405 and message == "Method Not Allowed":
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return _openai_response(OpenAIError(exc.status_code, message, headers=exc.headers))
+
+    @app.exception_handler(OpenAIError)
+    async def _openai(request: Request, exc: OpenAIError) -> JSONResponse:
+        return _openai_response(exc)

@@ -14,7 +14,7 @@ from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
 from . import errors
 from .engine import Engine, pick_device, set_torch_threads
 from .middleware import ServiceMiddleware
-from .routes import ops, pages, respond
+from .routes import openai_api, ops, pages, respond
 from .runtime import Runtime
 from .settings import Settings
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = rt
     errors.install(app)
     app.include_router(respond.router(settings))
+    app.include_router(openai_api.router(settings))
     app.include_router(ops.router)
     pages.install(app)
     if settings.cors_origins:

@@ -10,13 +10,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import is_openai_path, openai_error
 from .metrics import Metrics
 
 access_log = logging.getLogger("app.access")
 _GOOD_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-ROUTES = {"/", "/respond", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json", "/redoc"}
-PREFIXES = ("/static/", "/docs-assets/")
-JSON_ROUTES = {"/respond"}  # POST routes whose body must be declared JSON (else 415)
+ROUTES = {"/", "/respond", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json", "/redoc",
+          "/v1/chat/completions", "/v1/models"}
+PREFIXES = ("/static/", "/docs-assets/", "/v1/models/")
+JSON_ROUTES = {"/respond", "/v1/chat/completions"}  # POST routes whose body must be declared JSON (else 415)
 
 
 def route_label(path: str) -> str:
@@ -76,16 +78,15 @@ class ServiceMiddleware:
             return receive
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if scope["path"] in JSON_ROUTES and ctype != b"application/json":
-            await _send_json(send, 415, {"detail": "send the body as JSON with 'Content-Type: application/json'",
-                                         "request_id": rid})
+            await _send_error(send, scope, 415, "send the body as JSON with 'Content-Type: application/json'", rid)
             return None
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                await _send_json(send, 400, {"detail": "invalid Content-Length", "request_id": rid})
+                await _send_error(send, scope, 400, "invalid Content-Length", rid)
                 return None
             if int(length) > self.max_body_bytes:
-                await self._too_large(send, rid)
+                await self._too_large(send, scope, rid)
                 return None
         chunks: list[bytes] = []
         size = 0
@@ -97,7 +98,7 @@ class ServiceMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await self._too_large(send, rid)
+                await self._too_large(send, scope, rid)
                 return None
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -113,9 +114,16 @@ class ServiceMiddleware:
 
         return replay
 
-    async def _too_large(self, send: Send, rid: str) -> None:
-        await _send_json(send, 413, {"detail": f"request body exceeds {self.max_body_bytes} bytes",
-                                     "request_id": rid})
+    async def _too_large(self, send: Send, scope: Scope, rid: str) -> None:
+        await _send_error(send, scope, 413, f"request body exceeds {self.max_body_bytes} bytes", rid)
+
+
+async def _send_error(send: Send, scope: Scope, status: int, message: str, rid: str) -> None:
+    """An error answered before the app runs, in the shape of the route's API (OpenAI's on /v1/...)."""
+    if is_openai_path(scope["path"]):
+        await _send_json(send, status, openai_error(status, message))
+    else:
+        await _send_json(send, status, {"detail": message, "request_id": rid})
 
 
 async def _send_json(send: Send, status: int, content: Any) -> None:

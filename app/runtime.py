@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from .engine import Engine
+from .engine import Engine, EngineClosed, GenerationRequest, QueueFull, Result
 from .metrics import Metrics
 from .settings import Settings
 
@@ -60,6 +60,42 @@ class Runtime:
         if not self.ready or self.engine is None:
             raise HTTPException(503, f"not ready: {self.not_ready_reason()}", headers={"Retry-After": "1"})
         return self.engine
+
+    async def generate(self, req: GenerationRequest, request_id: str) -> Result:
+        """The request path every generating route shares: the engine's queue, the time limit, the HTTP
+        statuses of the engine's states (429 queue full, 503 not ready or draining, 504 past the time
+        limit, 500 on a failure) and the reply metrics. The engine's InputError propagates: each API
+        names the offending field in its own terms."""
+        engine = self.require_engine()
+        try:
+            future = engine.submit(req)
+        except QueueFull:
+            raise HTTPException(429, "too many requests in progress; retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        except EngineClosed:
+            raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
+        timeout = self.settings.request_timeout_s
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise HTTPException(504, f"the request exceeded its time limit of {timeout:g} s") from None
+        except asyncio.CancelledError:
+            future.cancel()  # the batcher skips it: no work for a request nobody waits for
+            if not self.draining:
+                raise
+            # The drain timeout passed and the server cancels what is still running: answer 503 (retry
+            # elsewhere) instead of the 500 the cancellation would otherwise become.
+            raise HTTPException(503, "not ready: draining (the drain timeout passed before this request ran)",
+                                headers={"Retry-After": "1"}) from None
+        except EngineClosed:
+            raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
+        except Exception:
+            log.exception("request %s failed", request_id)
+            raise HTTPException(500, f"internal error (request id {request_id})") from None
+        self.metrics.replies.inc(result.n_returned)
+        self.metrics.duplicates.inc(result.duplicates_dropped)
+        return result
 
 
 def get_runtime(request: Request) -> Runtime:

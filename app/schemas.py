@@ -33,7 +33,8 @@ class RespondRequestBase(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="sampling only; 1 keeps every token")
     max_tokens: int | None = Field(None, ge=1, description="tokens per reply; absent: the limit")
     dedupe: bool = Field(True, description="drop repeated replies and draw more samples in their place")
-    return_latents: bool = False
+    return_latents: bool = Field(False, description="also return each reply's latent code (latent) and the prior "
+                                 "they were drawn from (prior: mean, std, latent_temperature)")
     rerank: bool | None = Field(None, description="over-generate candidates and choose the n replies by "
                                 "relevance (against generic answers) and diversity; absent: the server's "
                                 "setting (on by default). Off: the n samples ranked by score")
@@ -97,6 +98,15 @@ class ModelRef(BaseModel):
     sha256: str
 
 
+class PriorOut(BaseModel):
+    mean: list[float] = Field(description="the prior network's mean mu(context), one value per latent dimension")
+    std: list[float] = Field(description="its standard deviation sigma(context) per dimension (the prior is a "
+                                         "diagonal Gaussian)")
+    latent_temperature: float | None = Field(description="the sampled codes are mean + latent_temperature * std * "
+                                                         "eps with eps ~ N(0, I); null when the request gave its "
+                                                         "latents")
+
+
 class RespondResponse(BaseModel):
     replies: list[ReplyOut]
     n_requested: int
@@ -108,6 +118,8 @@ class RespondResponse(BaseModel):
     model: ModelRef
     timing_ms: dict[str, float]
     request_id: str
+    prior: PriorOut | None = Field(None, description="with return_latents: the prior p(z | context) the latent "
+                                                     "codes were drawn from; null otherwise")
 
 
 class Limits(BaseModel):

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
                     mmi_weight=self.mmi_weight, diversity=self.diversity)
 
     # Access.
-    api_key: SecretStr | None = Field(None, description="when set, /respond needs 'Authorization: Bearer <key>'")
+    api_key: SecretStr | None = Field(None, description="when set, /respond and /v1/... need "
+                                                        "'Authorization: Bearer <key>'")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins (comma-separated in the environment); empty: CORS off")
     drain_timeout_s: float = Field(10.0, ge=0, description="how long in-flight requests may finish after SIGTERM")

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..engine import EngineClosed, GenerationRequest, InputError, QueueFull
 from ..runtime import Runtime, RuntimeDep
-from ..schemas import ModelRef, ReplyOut, RespondResponse, request_model
+from ..schemas import ModelRef, PriorOut, ReplyOut, RespondResponse, request_model
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def router(settings: Settings) -> APIRouter:
             duplicates_dropped=result.duplicates_dropped, seed=result.seed, candidates=result.candidates,
             reranked=result.reranked,
             model=ModelRef(name=engine.bundle.name, sha256=engine.bundle.sha256),
-            timing_ms=result.timing_ms, request_id=rid)
+            timing_ms=result.timing_ms, request_id=rid,
+            prior=PriorOut(**result.prior) if result.prior is not None else None)
 
     return r
 

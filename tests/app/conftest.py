@@ -72,6 +72,37 @@ def client(make_client) -> Iterator:
         yield c
 
 
+@pytest.fixture
+def make_server(make_settings):
+    """make_server(**settings) -> the URL of a live uvicorn server (in a thread, on a free port) on the tiny
+    bundle, once /readyz answers 200; every server it started stops after the test."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from app.main import create_app
+
+    stack = contextlib.ExitStack()
+
+    def make(**overrides) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        srv = uvicorn.Server(uvicorn.Config(create_app(make_settings(port=port, **overrides)), host="127.0.0.1",
+                                            port=port, log_level="warning"))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        stack.callback(thread.join, 10)
+        stack.callback(setattr, srv, "should_exit", True)
+        url = f"http://127.0.0.1:{port}"
+        wait_url_ready(url, timeout=20, alive=thread.is_alive)
+        return url
+
+    with stack:
+        yield make
+
+
 def wait_ready(client, timeout: float = 10.0) -> None:
     import time
 

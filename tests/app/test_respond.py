@@ -23,7 +23,8 @@ def test_response_shape(client):
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"replies", "n_requested", "n_returned", "duplicates_dropped", "seed", "model",
-                         "timing_ms", "request_id", "candidates", "reranked"}
+                         "timing_ms", "request_id", "candidates", "reranked", "prior"}
+    assert body["prior"] is None  # only with return_latents
     assert body["reranked"] is True and body["candidates"] >= 15  # 5 candidates per reply by default
     assert body["seed"] == 7 and body["n_requested"] == 3 and body["n_returned"] == len(body["replies"])
     assert body["model"]["name"] == "tiny" and len(body["model"]["sha256"]) == 64
@@ -111,6 +112,26 @@ def test_latent_temperature_zero_gives_prior_mean(client):
     assert latents[0] == latents[1] == latents[2]
     texts = {r["text"] for r in body["replies"]}
     assert len(texts) == 1  # greedy from one code: one reply
+
+
+def test_return_latents_gives_the_prior_the_codes_came_from(client):
+    """Each returned code is mean + latent_temperature * std * eps(seed): the prior is the one sampled."""
+    import torch
+
+    from model.decoding import latent_noise
+
+    body = post(client, n=3, seed=40, latent_temperature=0.5, return_latents=True, rerank=False, dedupe=False)
+    prior = body["prior"]
+    assert set(prior) == {"mean", "std", "latent_temperature"} and prior["latent_temperature"] == 0.5
+    mean, std = torch.tensor(prior["mean"]), torch.tensor(prior["std"])
+    assert mean.shape == std.shape == (8,) and bool((std > 0).all())
+    for r in body["replies"]:
+        eps = latent_noise([r["seed"]], 8)[0]
+        assert torch.allclose(torch.tensor(r["latent"]), mean + 0.5 * std * eps, atol=1e-5)
+    # the server's default temperature when the request leaves it out; no temperature for given codes
+    assert post(client, n=1, seed=1, return_latents=True)["prior"]["latent_temperature"] == 0.7
+    given = post(client, latents=[prior["mean"]], return_latents=True)
+    assert given["prior"]["latent_temperature"] is None and given["prior"]["mean"] == pytest.approx(prior["mean"])
 
 
 def test_dedupe_drops_repeats_and_draws_more(client, make_settings):

@@ -1,0 +1,183 @@
+"""OpenAI-compatible routes: POST /v1/chat/completions and GET /v1/models, over the engine's request path.
+
+The dialog: user and assistant messages are the two parties' turns, oldest first (consecutive messages of one
+role are joined into one turn, since the model's speakers alternate); the last must be the user's. System and
+developer messages are not given to the model (it has no notion of instructions) and are listed in the
+response's ``ignored_messages``.
+
+Decoding (:func:`decoding_of`): OpenAI's temperature defaults to 1 (token sampling); this service's decoding,
+chosen by blind rating (docs/quality.md), is greedy over latent codes sampled from the prior and reranked. So:
+
+    temperature absent, top_p absent or 1   the service's decoding (greedy tokens)
+    temperature 0, or top_p 0               greedy tokens
+    temperature t in (0, 2]                 token sampling at t, nucleus top_p (absent: 1)
+    top_p p in (0, 1), temperature absent   token sampling at 1 (OpenAI's default), nucleus p
+
+Either way the n choices differ through their latent codes (latent_temperature, an extension) and reranking.
+"""
+# No `from __future__ import annotations`: FastAPI must see the per-app Body class itself, not its name.
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from model.inputs import serving_context
+from model.text import normalize
+
+from ..engine import Engine, GenerationRequest, InputError, Result
+from ..errors import OpenAIError
+from ..openai_schemas import (AssistantMessage, ChatCompletion, ChatMessageBase, Choice, Decoding, ErrorBody,
+                              ModelCard, ModelList, Usage, chat_request_model)
+from ..runtime import Runtime, RuntimeDep
+from ..settings import Settings
+from .respond import require_api_key
+
+FINISH = {"eos": "stop", "length": "length"}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "invalid input, or a parameter this model does not support"},
+    401: {"model": ErrorBody, "description": "missing or wrong API key (when one is set)"},
+    404: {"model": ErrorBody, "description": "unknown model"},
+    413: {"model": ErrorBody, "description": "request body too large"},
+    415: {"model": ErrorBody, "description": "the body is not declared as JSON"},
+    429: {"model": ErrorBody, "description": "too many requests in progress; see Retry-After"},
+    503: {"model": ErrorBody, "description": "not ready (loading, warming up or draining)"},
+    504: {"model": ErrorBody, "description": "the request exceeded its time limit"},
+}
+
+
+def decoding_of(temperature: float | None, top_p: float | None) -> tuple[str, float, float]:
+    """The engine's (strategy, temperature, top_p) for OpenAI's ``temperature`` and ``top_p`` (module docstring)."""
+    if temperature == 0 or top_p == 0:
+        return "greedy", 1.0, 1.0
+    if temperature is None and top_p in (None, 1):
+        return "greedy", 1.0, 1.0
+    return "sample", 1.0 if temperature is None else float(temperature), 1.0 if top_p is None else float(top_p)
+
+
+def dialog_turns(messages: Sequence[ChatMessageBase]) -> tuple[list[str], list[int], list[int]]:
+    """(turns, index of each turn's first message, indices of the ignored system/developer messages)."""
+    turns: list[str] = []
+    first: list[int] = []
+    roles: list[str] = []
+    ignored: list[int] = []
+    for i, m in enumerate(messages):
+        if m.role not in ("user", "assistant"):
+            ignored.append(i)
+        elif roles and roles[-1] == m.role:
+            turns[-1] = f"{turns[-1]} {m.content}"
+        else:
+            turns.append(m.content)
+            first.append(i)
+            roles.append(m.role)
+    if not turns:
+        raise OpenAIError(400, "messages: no user message: give the dialog so far, the last message the user's",
+                          param="messages", code="invalid_value")
+    if roles[-1] != "user":
+        last = max(i for i, m in enumerate(messages) if m.role in ("user", "assistant"))
+        raise OpenAIError(400, f"messages.{last}.role: the last dialog message must be the user's (the model "
+                               "replies to the other party)", param=f"messages.{last}.role", code="invalid_value")
+    return turns, first, ignored
+
+
+def max_tokens_of(max_tokens: int | None, max_completion_tokens: int | None) -> int | None:
+    if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
+        raise OpenAIError(400, "max_tokens and max_completion_tokens disagree: give one of them",
+                          param="max_tokens", code="invalid_value")
+    return max_completion_tokens if max_completion_tokens is not None else max_tokens
+
+
+def prompt_tokens(engine: Engine, turns: Sequence[str]) -> int:
+    """Pieces of the context the model reads (model.inputs.serving_context: the last turns, wrapped)."""
+    style, cfg = engine.bundle.text_style, engine.config
+    ids = engine.tokenizer.encode_batch([normalize(t, style) for t in turns])
+    context, _ = serving_context(ids, engine.tokenizer.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
+    return sum(len(t) for t in context)
+
+
+def model_card(engine: Engine) -> ModelCard:
+    try:
+        created = int((engine.bundle.path / "manifest.json").stat().st_mtime)
+    except OSError:
+        created = 0
+    return ModelCard(id=engine.bundle.name, created=created)
+
+
+def completion(result: Result, engine: Engine, rid: str, created: int, usage_prompt: int,
+               decoding: Decoding, ignored: list[int]) -> ChatCompletion:
+    choices = [Choice(index=i, message=AssistantMessage(content=r.text), finish_reason=FINISH[r.finish_reason],
+                      seed=r.seed, score=r.score, ranking=r.ranking) for i, r in enumerate(result.replies)]
+    completion_tokens = sum(r.tokens for r in result.replies)
+    return ChatCompletion(
+        id=f"chatcmpl-{rid}", created=created, model=engine.bundle.name, choices=choices,
+        usage=Usage(prompt_tokens=usage_prompt, completion_tokens=completion_tokens,
+                    total_tokens=usage_prompt + completion_tokens),
+        system_fingerprint=f"fp_{engine.bundle.sha256[:12]}", seed=result.seed, candidates=result.candidates,
+        decoding=decoding, ignored_messages=ignored)
+
+
+def _unknown_model(name: str, engine: Engine) -> OpenAIError:
+    return OpenAIError(404, f"the model '{name[:80]}' does not exist: this server serves '{engine.bundle.name}' "
+                            "(GET /v1/models)", param="model", code="model_not_found")
+
+
+def router(settings: Settings) -> APIRouter:
+    from model.bundle import DEFAULT_BUNDLE, model_limits
+
+    limits = model_limits(settings.bundle or DEFAULT_BUNDLE)
+    Body = chat_request_model(settings, limits["max_decode_len"] if limits else None)
+    r = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+
+    @r.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    async def chat_completions(body: Body,  # type: ignore[valid-type]
+                               request: Request, rt: RuntimeDep) -> ChatCompletion:
+        """OpenAI's chat completion: n choices replying to the last (user) message of ``messages``, best first."""
+        engine = rt.require_engine()
+        if body.model != engine.bundle.name:
+            raise _unknown_model(body.model, engine)
+        rid = request.state.request_id
+        created = int(time.time())
+        turns, first, ignored = dialog_turns(body.messages)
+        strategy, temperature, top_p = decoding_of(body.temperature, body.top_p)
+        req = GenerationRequest(context=turns, n=body.n, seed=body.seed, latent_temperature=body.latent_temperature,
+                                strategy=strategy, temperature=temperature, top_p=top_p,  # type: ignore[arg-type]
+                                max_tokens=max_tokens_of(body.max_tokens, body.max_completion_tokens),
+                                rerank=body.rerank)
+        try:
+            result = await rt.generate(req, rid)
+        except InputError as e:
+            loc: list[Any] = list(e.loc)
+            if loc[:1] == ["context"]:
+                loc = ["messages", first[loc[1]], "content"] if len(loc) > 1 else ["messages"]
+            param = ".".join(str(x) for x in loc)
+            raise OpenAIError(400, f"{param}: {e.msg}", param=param, code="invalid_value") from None
+        n_prompt = await asyncio.to_thread(prompt_tokens, engine, turns)
+        sampled = strategy == "sample"
+        decoding = Decoding(strategy=strategy, temperature=temperature if sampled else None,  # type: ignore[arg-type]
+                            top_p=top_p if sampled else None, rerank=result.reranked,
+                            latent_temperature=(engine.latent_temperature if body.latent_temperature is None
+                                                else body.latent_temperature))
+        return completion(result, engine, rid, created, n_prompt, decoding, ignored)
+
+    @r.get("/models", response_model=ModelList, responses={401: ERRORS[401], 503: ERRORS[503]})
+    def models(rt: RuntimeDep) -> ModelList:
+        """The served model (one per server)."""
+        return ModelList(data=[model_card(_loaded(rt))])
+
+    @r.get("/models/{model_id}", response_model=ModelCard, responses={k: ERRORS[k] for k in (401, 404, 503)})
+    def model_info(model_id: str, rt: RuntimeDep) -> ModelCard:
+        """One model: the served one, else 404."""
+        engine = _loaded(rt)
+        if model_id != engine.bundle.name:
+            raise _unknown_model(model_id, engine)
+        return model_card(engine)
+
+    return r
+
+
+def _loaded(rt: Runtime) -> Engine:
+    """The engine once the model is loaded (warming up is fine for listing it), else 503."""
+    if rt.engine is None:
+        raise OpenAIError(503, "not ready: loading the model", headers={"Retry-After": "1"})
+    return rt.engine
