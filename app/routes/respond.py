@@ -1,6 +1,5 @@
 """POST /respond: several diverse replies to a dialog context."""
 
-import asyncio
 import hmac
 import logging
 from typing import Annotated, Any
@@ -9,8 +8,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..engine import EngineClosed, GenerationRequest, InputError, QueueFull
-from ..runtime import Runtime, RuntimeDep
+from ..engine import GenerationRequest, InputError
+from ..runtime import RuntimeDep
 from ..schemas import ModelRef, PriorOut, ReplyOut, RespondResponse, request_model
 from ..settings import Settings
 
@@ -58,35 +57,10 @@ def router(settings: Settings) -> APIRouter:
                 "msg": f"n is {body.n} but {len(body.latents)} latent codes were given (one reply each): "
                        "leave n out or make them agree"}])
         try:
-            future = engine.submit(GenerationRequest(**body.model_dump()))
+            result = await rt.generate(GenerationRequest(**body.model_dump()), rid)
         except InputError as e:
             raise RequestValidationError([{"type": "value_error", "loc": ("body", *e.loc), "msg": e.msg,
                                            "input": e.value}]) from None
-        except QueueFull:
-            raise HTTPException(429, "too many requests in progress; retry shortly",
-                                headers={"Retry-After": "1"}) from None
-        except EngineClosed:
-            raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
-        timeout = rt.settings.request_timeout_s
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
-            future.cancel()
-            raise HTTPException(504, f"the request exceeded its time limit of {timeout:g} s") from None
-        except asyncio.CancelledError:
-            future.cancel()  # the batcher skips it: no work for a request nobody waits for
-            if not rt.draining:
-                raise
-            # The drain timeout passed and the server cancels what is still running: answer 503 (retry
-            # elsewhere) instead of the 500 the cancellation would otherwise become.
-            raise HTTPException(503, "not ready: draining (the drain timeout passed before this request ran)",
-                                headers={"Retry-After": "1"}) from None
-        except EngineClosed:
-            raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
-        except Exception:
-            log.exception("request %s failed", rid)
-            raise HTTPException(500, f"internal error (request id {rid})") from None
-        _count(rt, result.n_returned, result.duplicates_dropped)
         return RespondResponse(
             replies=[ReplyOut(**{k: getattr(r, k) for k in ReplyOut.model_fields}) for r in result.replies],
             n_requested=result.n_requested, n_returned=result.n_returned,
@@ -98,7 +72,3 @@ def router(settings: Settings) -> APIRouter:
 
     return r
 
-
-def _count(rt: Runtime, replies: int, duplicates: int) -> None:
-    rt.metrics.replies.inc(replies)
-    rt.metrics.duplicates.inc(duplicates)
