@@ -2,15 +2,10 @@
 picture beside them, exact seeds, undo and start over, the keyboard, an API key and errors."""
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import socket
-import threading
 
 import pytest
-
-from tests.app.conftest import wait_url_ready
 
 pytestmark = pytest.mark.browser
 
@@ -32,34 +27,7 @@ window.fetch = async (url, opts) => {
 
 
 @pytest.fixture
-def make_server(make_settings):
-    """make_server(**settings) -> the URL of a live server on the tiny bundle (stopped after the test)."""
-    import uvicorn
-
-    from app.main import create_app
-
-    stack = contextlib.ExitStack()
-
-    def make(**overrides) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        srv = uvicorn.Server(uvicorn.Config(create_app(make_settings(port=port, **overrides)), host="127.0.0.1",
-                                            port=port, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        stack.callback(thread.join, 10)
-        stack.callback(setattr, srv, "should_exit", True)
-        url = f"http://127.0.0.1:{port}"
-        wait_url_ready(url, timeout=20)
-        return url
-
-    with stack:
-        yield make
-
-
-@pytest.fixture
-def server(make_server):
+def server(make_server):  # make_server: tests/app/conftest.py, shared with the OpenAI client tests
     return make_server()
 
 
