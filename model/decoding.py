@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from .config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from .cvae import CVAE
@@ -92,41 +91,47 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
     ``uniforms`` (B, max_len) drive sampling, one per row and step (see :func:`sampling_uniforms`).
     ``constraint`` (model.lexicon) masks the pieces that would write a word outside the decoding lexicon;
     scores stay the model's own log-probabilities (of the unconstrained distribution).
-    Finished rows leave the batch, so the work tracks the rows still running.
+    Finished rows leave the batch, so the work tracks the rows still running. Each step reads the device once
+    (the chosen tokens with their log-probabilities, see benchmarks/decode_step.py).
     """
     banned_t = torch.tensor(sorted(set(banned)), dtype=torch.long, device=cond.device)
     B = cond.shape[0]
     device = cond.device
     state, _ = model.init_decoder(cond, z)
-    active = torch.arange(B, device=device)
+    rows = list(range(B))  # the rows still running, kept on the host: never read back from the device
     prev = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
     tokens: list[list[int]] = [[] for _ in range(B)]
     logprob = [0.0] * B  # float64 sums, as Python floats: per-row tensor indexing costs more than the step
     n_scored = [0] * B
     finish = ["length"] * B
-    if strategy == "sample" and uniforms is None:
-        uniforms = torch.rand(B, max_len, dtype=torch.float64)
+    if strategy == "sample":
+        uniforms = (torch.rand(B, max_len, dtype=torch.float64) if uniforms is None else uniforms).to(device)
+        active = torch.arange(B, device=device)  # rows, on the device: picks the running rows' uniforms
     words = [constraint.start() for _ in range(B)] if constraint is not None else []
     for t in range(max_len):
         logits, state = model.decode_step(prev, state)  # (b, V), (b, Hd)
         logits = logits.float().index_fill_(1, banned_t, float("-inf"))
-        logp = F.log_softmax(logits, dim=-1)
+        # log p(v) = logit_v - logsumexp(logits) for the chosen v only, but the fused log-softmax kernel is the
+        # cheaper way to that reduction on a CPU (228 vs 362 us at (25, 8000): docs/benchmarks.md)
+        logp = torch.log_softmax(logits, dim=-1)  # (b, V)
+        pick = logits
         if constraint is not None:
-            allowed = constraint.masks([words[r] for r in active.tolist()]).to(device)  # (b, V)
+            allowed = constraint.masks([words[r] for r in rows]).to(device)  # (b, V)
             allowed[:, EOS_ID] |= ~allowed.any(dim=1)  # a dead end (never seen in practice) may still stop
-            logits = logits.masked_fill(~allowed, float("-inf"))
+            pick = logits.masked_fill(~allowed, float("-inf"))
         if strategy == "greedy":
-            nxt = logits.argmax(dim=-1)
+            nxt = pick.argmax(dim=-1)  # (b,)
         else:
             assert uniforms is not None
-            nxt = sample_from(filter_logits(logits, temperature, top_k, top_p),
-                              uniforms[active.cpu(), t].to(device))
-        chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1).double().cpu().tolist()
-        nxt_cpu = nxt.cpu().tolist()
-        rows = active.cpu().tolist()
+            nxt = sample_from(filter_logits(pick, temperature, top_k, top_p), uniforms[active, t])
+        chosen = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)  # (b,) log p under the unconstrained model
+        # One read from the device per step: the tokens (exact as float64) with their log-probabilities. The
+        # finished rows must be known now anyway: the constraint advances per token, and a finished row
+        # leaves the batch at once (a later exit would change the batch shapes, and with them the rounding).
+        toks, lps = torch.stack((nxt.double(), chosen.double())).cpu().tolist()
         keep = []
-        for j, (row, tok) in enumerate(zip(rows, nxt_cpu)):
-            logprob[row] += chosen[j]
+        for j, (row, tok, lp) in enumerate(zip(rows, map(int, toks), lps)):
+            logprob[row] += lp
             n_scored[row] += 1
             if tok == EOS_ID:
                 finish[row] = "eos"
@@ -138,8 +143,11 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
         if not keep:
             break
         if len(keep) < len(rows):
+            rows = [rows[j] for j in keep]
             keep_t = torch.tensor(keep, device=device)
-            active, state, nxt = active[keep_t], state[keep_t], nxt[keep_t]
+            state, nxt = state[keep_t], nxt[keep_t]
+            if strategy == "sample":
+                active = active[keep_t]
         prev = nxt
     return Decoded(tokens, logprob, n_scored, finish)
 
