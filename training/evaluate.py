@@ -108,6 +108,25 @@ def sample_replies(bundle: Any, examples: Any, n_samples: int, batch_size: int, 
     return groups, refs
 
 
+def reply_metrics(groups: list[list[str]], refs: list[str]) -> dict[str, float]:
+    """Metrics of sampled replies (text), grouped per context, against one reference reply per context, over
+    :func:`words`: BLEU-1..4 precision and recall (training.metrics.bleu_precision_recall, mean over contexts),
+    distinct-1/2 within each context's replies (mean over contexts) and over all replies, and the mean reply
+    length in words."""
+    hyp_words = [[words(t) for t in g] for g in groups]
+    sums: dict[str, float] = {}
+    for hyps, ref in zip(hyp_words, refs):
+        for k, v in bleu_precision_recall(hyps, [words(ref)]).items():
+            sums[k] = sums.get(k, 0.0) + v
+    out = {k: v / max(len(groups), 1) for k, v in sums.items()}
+    out.update({
+        "distinct1_intra": distinct_intra(hyp_words, 1), "distinct2_intra": distinct_intra(hyp_words, 2),
+        "distinct1_inter": distinct_inter(hyp_words, 1), "distinct2_inter": distinct_inter(hyp_words, 2),
+        "mean_len": float(np.mean([len(h) for g in hyp_words for h in g])) if groups else 0.0,
+    })
+    return out
+
+
 def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = None,
              data_dir: str | None = None, n_samples: int = 5, batch_size: int = 64, seed: int = 1,
              device: str = "auto", max_contexts: int = 0, samples_out: str | Path | None = None,
@@ -139,18 +158,8 @@ def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = N
     contexts: list[list[str]] = []
     groups, refs = sample_replies(bundle, examples, n_samples, batch_size, seed, max_contexts,
                                   contexts=contexts)
-    hyp_words = [[words(t) for t in g] for g in groups]
-    ref_words = [words(r) for r in refs]
-    bleu_sums: dict[str, float] = {}
-    for hyps, ref in zip(hyp_words, ref_words):
-        for k, v in bleu_precision_recall(hyps, [ref]).items():
-            bleu_sums[k] = bleu_sums.get(k, 0.0) + v
-    n = max(len(groups), 1)
-    res.update({k: v / n for k, v in bleu_sums.items()})
+    res.update(reply_metrics(groups, refs))
     res.update({
-        "distinct1_intra": distinct_intra(hyp_words, 1), "distinct2_intra": distinct_intra(hyp_words, 2),
-        "distinct1_inter": distinct_inter(hyp_words, 1), "distinct2_inter": distinct_inter(hyp_words, 2),
-        "mean_len": float(np.mean([len(h) for g in hyp_words for h in g])) if groups else 0.0,
         "n_contexts": len(groups), "n_samples": n_samples, "decoding": "greedy per prior sample",
         "bundle": str(bundle_dir), "bundle_name": bundle.name, "bundle_sha256": bundle.sha256,
         "corpus": corpus, "data_dir": str(data_dir), "split": split, "seed": seed, "quantize": quantize,
