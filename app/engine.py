@@ -157,7 +157,7 @@ class Engine:
                  candidates_per_reply: int = reranking.DEFAULT_CANDIDATES_PER_REPLY,
                  latent_temperature: float = reranking.DEFAULT_LATENT_TEMPERATURE,
                  max_candidates: int = 64, mmi_weight: float = reranking.DEFAULT_MMI_WEIGHT,
-                 diversity: float = reranking.DEFAULT_DIVERSITY):
+                 diversity: float = reranking.DEFAULT_DIVERSITY, anti_lm: str = "auto"):
         if quantize != "none":
             quantize_decoder(bundle.model, quantize)  # int8 decoder: see model.quantize
         self.quantize = quantize
@@ -176,7 +176,7 @@ class Engine:
         self.rerank, self.candidates_per_reply = rerank, candidates_per_reply
         self.latent_temperature = latent_temperature
         self.max_candidates, self.mmi_weight, self.diversity = max_candidates, mmi_weight, diversity
-        self._anti_lm: AntiLM | None = None  # log p(r) of the reranker, built on first use
+        self._anti_lm = AntiLM(bundle, anti_lm)  # log p(r) of the reranker (model.generate.AntiLM)
         self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer)
         self.observer = self.batcher.observer
 
@@ -231,7 +231,8 @@ class Engine:
                 "lexicon_words": len(self.constraint.lexicon) if self.constraint else 0,
                 "rerank": self.rerank, "candidates_per_reply": self.candidates_per_reply,
                 "latent_temperature": self.latent_temperature,
-                "max_candidates": self.max_candidates, "mmi_weight": self.mmi_weight, "diversity": self.diversity}
+                "max_candidates": self.max_candidates, "mmi_weight": self.mmi_weight, "diversity": self.diversity,
+                "anti_lm": self._anti_lm.kind}
 
     # ----- request preparation (cheap, no torch) ----------------------------------------------------
     def prepare(self, req: GenerationRequest) -> _Job:
@@ -393,8 +394,6 @@ class Engine:
 
     def _null_logprob(self, tokens: list[list[int]]) -> list[float]:
         """log p(r) of each reply: the anti-language-model term of model.rerank (model.generate.AntiLM)."""
-        if self._anti_lm is None:
-            self._anti_lm = AntiLM(self.bundle)
         return self._anti_lm.logprob(tokens)
 
     def _end_round(self, job: _Job) -> None:

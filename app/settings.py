@@ -51,6 +51,10 @@ class Settings(BaseSettings):
                                                            "generic replies (0: likelihood only)")
     diversity: float = Field(rr.DEFAULT_DIVERSITY, ge=0, le=10, description="weight of the similarity penalty of the "
                                                            "maximal-marginal-relevance choice")
+    anti_lm: Literal["auto", "reply_lm", "probes"] = Field(
+        "auto", description="how the anti-language-model term estimates log p(reply): the bundle's bigram model of "
+                            "training replies (reply_lm), the decoder over probe contexts (probes), or reply_lm when "
+                            "the bundle holds one (auto)")
 
     def engine_options(self) -> dict[str, object]:
         """Keyword arguments of app.engine.Engine from these settings (one place for the server and the CLI)."""
@@ -59,7 +63,7 @@ class Settings(BaseSettings):
                     quantize=self.quantize, lexicon=self.lexicon, rerank=self.rerank,
                     candidates_per_reply=self.candidates_per_reply, max_candidates=self.max_candidates,
                     latent_temperature=self.latent_temperature,
-                    mmi_weight=self.mmi_weight, diversity=self.diversity)
+                    mmi_weight=self.mmi_weight, diversity=self.diversity, anti_lm=self.anti_lm)
 
     # Access.
     api_key: SecretStr | None = Field(None, description="when set, /respond and /v1/... need "

@@ -4,6 +4,8 @@
     config.json         {"format", "version", "name", "model": CVAEConfig, "text_style", ...}
     tokenizer.model     the SentencePiece model
     lexicon.txt         the decoding lexicon (model.lexicon), optional: without it decoding is unconstrained
+    reply_lm.safetensors  a bigram model of the training replies (model.replylm), optional: the reranker's
+                        anti-language-model term; without it the reranker uses the decoder over probe contexts
     manifest.json       sha256 of every other file; the bundle's own id is the manifest's sha256
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .files import atomic_write
 from .lexicon import FILE as LEXICON_FILE
 from .lexicon import Lexicon
 from .quantize import MODES as QUANTIZE_MODES
+from .replylm import FILE as REPLY_LM_FILE
+from .replylm import ReplyLM
 from .quantize import quantize_decoder
 from .text import STYLES
 from .tokenizer import Tokenizer
@@ -32,6 +36,7 @@ from .tokenizer import Tokenizer
 FORMAT = "cvae-dialog-bundle"
 VERSION = 1
 FILES = ("model.safetensors", "config.json", "tokenizer.model")
+OPTIONAL_FILES = (LEXICON_FILE, REPLY_LM_FILE)
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_BUNDLE = PRETRAINED_DIR / "chat-cyclical"
 
@@ -59,6 +64,7 @@ class Bundle:
     path: Path
     extra: dict[str, Any] = field(default_factory=dict)
     lexicon: Lexicon | None = None
+    reply_lm: ReplyLM | None = None
 
     @property
     def device(self) -> torch.device:
@@ -67,7 +73,7 @@ class Bundle:
 
 def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: str, text_style: str,
                 extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
-                lexicon: Lexicon | None = None) -> str:
+                lexicon: Lexicon | None = None, reply_lm: ReplyLM | None = None) -> str:
     """Write a bundle; returns its sha256 (that of the manifest)."""
     if text_style not in STYLES:
         raise ValueError(f"unknown text style {text_style!r}")
@@ -81,16 +87,17 @@ def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: st
               **(extra or {})}
     atomic_write(out / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
     atomic_write(out / "tokenizer.model", tokenizer.proto)
-    if lexicon is not None:
-        lexicon.save(out / LEXICON_FILE)
-    elif (out / LEXICON_FILE).exists():
-        (out / LEXICON_FILE).unlink()
+    for obj, fname in ((lexicon, LEXICON_FILE), (reply_lm, REPLY_LM_FILE)):
+        if obj is not None:
+            obj.save(out / fname)
+        elif (out / fname).exists():
+            (out / fname).unlink()
     return write_manifest(out)
 
 
 def write_manifest(out: Path) -> str:
     """(Re)write manifest.json over the bundle's files; returns the bundle's sha256."""
-    names = [*FILES, *((LEXICON_FILE,) if (out / LEXICON_FILE).is_file() else ())]
+    names = [*FILES, *(f for f in OPTIONAL_FILES if (out / f).is_file())]
     manifest = {"format": FORMAT, "version": VERSION, "files": {f: sha256_file(out / f) for f in names}}
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
     atomic_write(out / "manifest.json", data)
@@ -100,11 +107,14 @@ def write_manifest(out: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def add_lexicon(path: str | Path, lexicon: Lexicon) -> str:
-    """Put a decoding lexicon into an existing bundle (after checking it); returns the new sha256."""
+def add_lexicon(path: str | Path, lexicon: Lexicon, reply_lm: ReplyLM | None = None) -> str:
+    """Put a decoding lexicon (and a reply language model) into an existing bundle, after checking it;
+    returns the new sha256."""
     root = Path(path)
     verify_bundle(root)
     lexicon.save(root / LEXICON_FILE)
+    if reply_lm is not None:
+        reply_lm.save(root / REPLY_LM_FILE)
     return write_manifest(root)
 
 
@@ -207,6 +217,16 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE, device: str | torch.device = 
             lexicon = Lexicon.load(root / LEXICON_FILE)
         except (ValueError, OSError, UnicodeDecodeError) as e:
             raise BundleError(f"{root / LEXICON_FILE}: cannot read the lexicon: {e}") from None
+    reply_lm = None
+    if REPLY_LM_FILE in manifest["files"]:
+        try:
+            reply_lm = ReplyLM.load(root / REPLY_LM_FILE)
+        except (ValueError, OSError, SafetensorError) as e:
+            raise BundleError(f"{root / REPLY_LM_FILE}: cannot read the reply language model: {e}") from None
+        if reply_lm.vocab_size != cfg.vocab_size:
+            raise BundleError(f"{root / REPLY_LM_FILE}: built for {reply_lm.vocab_size} pieces, the model has "
+                              f"{cfg.vocab_size}")
     extra = {k: v for k, v in config.items() if k not in ("format", "version", "name", "text_style", "model")}
     return Bundle(model=model, tokenizer=tokenizer, config=cfg, name=str(config.get("name", root.name)),
-                  text_style=style, sha256=sha, path=root, extra=extra, lexicon=lexicon)
+                  text_style=style, sha256=sha, path=root, extra=extra, lexicon=lexicon,
+                  reply_lm=reply_lm)

@@ -39,24 +39,45 @@ def encode_contexts(bundle: Bundle, contexts: Sequence[Sequence[str]]) -> torch.
     return bundle.model.encode(collate([t for t, _ in built], [f for _, f in built]).to(bundle.device))
 
 
-class AntiLM:
-    """log p(r) of the reranker (model.rerank), estimated as log mean_k p(r | c_k, z_k) over PROBE_CONTEXTS,
-    z_k the prior mean of each: one teacher-forced decoder pass over (distinct replies x probes) rows."""
+ANTI_LM_KINDS = ("auto", "reply_lm", "probes")
 
-    def __init__(self, bundle: Bundle):
-        with torch.inference_mode():
-            self.cond = encode_contexts(bundle, PROBE_CONTEXTS)
-            self.z = bundle.model.prior(self.cond)[0]  # (K, Z): the prior means
+
+class AntiLM:
+    """log p(r), the reranker's anti-language-model term (model.rerank), estimated one of two ways:
+
+    - ``reply_lm``: the bundle's bigram model of the training replies (model.replylm): table lookups.
+    - ``probes``: log mean_k p(r | c_k, z_k) over PROBE_CONTEXTS, z_k the prior mean of each: one
+      teacher-forced decoder pass over (distinct replies x probes) rows through the vocabulary projection.
+
+    ``auto`` is reply_lm when the bundle holds one, probes otherwise.
+    """
+
+    def __init__(self, bundle: Bundle, kind: str = "auto"):
+        if kind not in ANTI_LM_KINDS:
+            raise ValueError(f"anti-LM kind must be one of {', '.join(ANTI_LM_KINDS)}, got {kind!r}")
+        if kind == "reply_lm" and bundle.reply_lm is None:
+            raise ValueError(f"{bundle.path}: the bundle holds no reply language model (reply_lm.safetensors); "
+                             "build one with `python -m training lexicon --bundle ...` or use the probes")
+        self.kind = "reply_lm" if kind == "auto" and bundle.reply_lm is not None else \
+            ("probes" if kind == "auto" else kind)
+        self.reply_lm = bundle.reply_lm
         self.model = bundle.model
+        if self.kind == "probes":
+            with torch.inference_mode():
+                self.cond = encode_contexts(bundle, PROBE_CONTEXTS)
+                self.z = bundle.model.prior(self.cond)[0]  # (K, Z): the prior means
 
     @torch.inference_mode()
     def logprob(self, tokens: list[list[int]]) -> list[float]:
         """log p(r) per reply, nats; computed once per distinct non-empty reply (over-generated candidates
         repeat), 0.0 for an empty one."""
         distinct = list(dict.fromkeys(tuple(t) for t in tokens if t))
-        B, K = len(distinct), self.cond.shape[0]
-        if B == 0:
+        if not distinct:
             return [0.0] * len(tokens)
+        if self.reply_lm is not None and self.kind == "reply_lm":
+            scores = dict(zip(distinct, self.reply_lm.logprobs(distinct)))
+            return [scores.get(tuple(t), 0.0) for t in tokens]
+        B, K = len(distinct), self.cond.shape[0]
         cond = self.cond.repeat_interleave(B, 0)  # (K * B, Dc): probe-major
         z = self.z.repeat_interleave(B, 0)
         lp = torch.tensor(decoding.sequence_logprob(self.model, cond, z, [list(t) for t in distinct] * K),
@@ -78,7 +99,8 @@ class Generator:
     def __init__(self, bundle: Bundle, lexicon: bool = True, rerank_on: bool = True,
                  candidates_per_reply: int = rerank.DEFAULT_CANDIDATES_PER_REPLY,
                  mmi_weight: float = rerank.DEFAULT_MMI_WEIGHT, diversity: float = rerank.DEFAULT_DIVERSITY,
-                 latent_temperature: float = rerank.DEFAULT_LATENT_TEMPERATURE, batch_rows: int = 64):
+                 latent_temperature: float = rerank.DEFAULT_LATENT_TEMPERATURE, batch_rows: int = 64,
+                 anti_lm: str = "auto"):
         self.bundle = bundle
         self.banned = (PAD_ID, UNK_ID, BOS_ID, bundle.tokenizer.dialog_start_id)
         self.constraint = (PieceConstraint(bundle.lexicon, bundle.tokenizer.sp, self.banned)
@@ -86,7 +108,7 @@ class Generator:
         self.rerank_on, self.per_reply = rerank_on, candidates_per_reply
         self.mmi_weight, self.diversity = mmi_weight, diversity
         self.latent_temperature, self.batch_rows = latent_temperature, batch_rows
-        self._anti_lm: AntiLM | None = None
+        self._anti_lm: AntiLM | None = AntiLM(bundle, anti_lm) if rerank_on else None
 
     @torch.inference_mode()
     def respond(self, contexts: Sequence[Sequence[str]], n: int, seeds: Sequence[int]) -> list[list[Generated]]:
@@ -111,8 +133,7 @@ class Generator:
         return out
 
     def _null_logprob(self, tokens: list[list[int]]) -> list[float]:
-        if self._anti_lm is None:
-            self._anti_lm = AntiLM(self.bundle)
+        assert self._anti_lm is not None
         return self._anti_lm.logprob(tokens)
 
     def _choose(self, dec: decoding.Decoded, null: list[float], rows: range, seeds: list[int],

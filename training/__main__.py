@@ -41,7 +41,7 @@ def _lexicon(args: argparse.Namespace) -> int:
     from model.bundle import add_lexicon, load_bundle
 
     from .data import Source, read_sources
-    from .loop import build_lexicon
+    from .loop import build_lexicon, build_reply_lm
 
     bundle = load_bundle(args.bundle)
     data = bundle.extra.get("data", {})
@@ -51,12 +51,15 @@ def _lexicon(args: argparse.Namespace) -> int:
         sources = [Source(data["corpus"], data["dir"])]
     else:
         raise SystemExit("lexicon: the bundle records no training data")
-    lexicon = build_lexicon(read_sources(sources, "train"), bundle.text_style, args.min_count)
+    dialogs = read_sources(sources, "train")
+    lexicon = build_lexicon(dialogs, bundle.text_style, args.min_count)
     if lexicon is None:
         raise SystemExit("lexicon: --min-count must be at least 1")
-    sha = add_lexicon(args.bundle, lexicon)
-    logging.getLogger("training").info("%s: lexicon of %d words (seen >= %d times); bundle sha256 %s",
-                                       args.bundle, len(lexicon), args.min_count, sha)
+    reply_lm = build_reply_lm(dialogs, bundle.text_style, bundle.tokenizer)
+    sha = add_lexicon(args.bundle, lexicon, reply_lm)
+    logging.getLogger("training").info("%s: lexicon of %d words (seen >= %d times), reply bigram model of %d "
+                                       "bigrams; bundle sha256 %s", args.bundle, len(lexicon), args.min_count,
+                                       len(reply_lm), sha)
     return 0
 
 
@@ -66,7 +69,8 @@ def _quality(args: argparse.Namespace) -> int:
     res = quality(args.bundle, args.corpus, args.data_dir or f"../shared/data/{args.corpus}", split=args.split,
                   n=args.n, contexts=args.contexts, seed=args.seed, rerank=args.rerank, lexicon=args.lexicon,
                   candidates_per_reply=args.candidates_per_reply, mmi_weight=args.mmi_weight,
-                  diversity=args.diversity, latent_temperature=args.latent_temperature, samples_out=args.samples)
+                  diversity=args.diversity, latent_temperature=args.latent_temperature, samples_out=args.samples,
+                  anti_lm=args.anti_lm)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
@@ -131,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate with the decoder quantized to int8, as served with DIALOG_QUANTIZE=int8 (CPU)")
     e.set_defaults(func=_evaluate)
 
-    lx = sub.add_parser("lexicon", help="build a bundle's decoding lexicon from its training data (in place)")
+    lx = sub.add_parser("lexicon", help="build a bundle's decoding lexicon and reply bigram model (the reranker's "
+                                         "anti-LM) from its training data (in place)")
     lx.add_argument("--bundle", required=True)
     lx.add_argument("--min-count", type=int, default=20, help="keep words seen at least this often (default 20)")
     lx.set_defaults(func=_lexicon)
@@ -154,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--diversity", type=float, default=rr.DEFAULT_DIVERSITY)
     q.add_argument("--latent-temperature", type=float, default=rr.DEFAULT_LATENT_TEMPERATURE,
                    help="default: the service's")
+    q.add_argument("--anti-lm", choices=["auto", "reply_lm", "probes"], default="auto",
+                   help="log p(reply) of the reranker: the bundle's reply bigram model or the decoder over probe "
+                        "contexts (default auto: reply_lm when the bundle holds one)")
     q.set_defaults(func=_quality)
 
     h = sub.add_parser("humaneval", help="blind human evaluation: export a judging sheet, score the ratings")

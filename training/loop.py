@@ -27,6 +27,7 @@ from model.bundle import save_bundle
 from model.cvae import CVAE
 from model.files import DeviceError, atomic_write, pick_device
 from model.lexicon import Lexicon
+from model.replylm import ReplyLM
 from model.recurrent import keep_freed_memory
 from model.text import normalize
 from model.tokenizer import Tokenizer
@@ -119,6 +120,7 @@ class Trainer:
         self._barrier()
         self.tokenizer = Tokenizer.load(tok_path)
         self.lexicon = build_lexicon(train_dialogs, self.style, cfg.tokenizer.lexicon_min_count)
+        self.reply_lm = build_reply_lm(train_dialogs, self.style, self.tokenizer)
         self.vocabs = Vocabs.build(train_dialogs)
         if cfg.model.overrides.get("kgcvae") and len(self.vocabs.acts) < 2:
             raise RunError(f"model.kgcvae needs dialog-act labels, and the {cfg.data.corpus} training "
@@ -294,7 +296,7 @@ class Trainer:
             model.load_state_dict(self.model.state_dict())
         dtype = {"float32": torch.float32, "float16": torch.float16}[lc.export_dtype]
         sha = save_bundle(bundle, model.cpu(), self.tokenizer, name=self.cfg.name, text_style=self.style,
-                          dtype=dtype, lexicon=self.lexicon, extra={"vocabs": self.vocabs.to_dict(),
+                          dtype=dtype, lexicon=self.lexicon, reply_lm=self.reply_lm, extra={"vocabs": self.vocabs.to_dict(),
                                               "data": {"corpus": self.cfg.data.corpus,
                                                        "dir": self.cfg.data.dir,
                                                        "mix": self.cfg.data.mix},
@@ -325,6 +327,12 @@ def build_lexicon(dialogs: list, style: str, min_count: int) -> Lexicon | None:
     if min_count <= 0:
         return None
     return Lexicon.build((normalize(t.text, style) for d in dialogs for t in d.turns), min_count)
+
+
+def build_reply_lm(dialogs: list, style: str, tokenizer: Tokenizer) -> ReplyLM:
+    """The reranker's model of replies (model.replylm): every turn of a training split, as pieces."""
+    return ReplyLM.build(tokenizer.encode_batch([normalize(t.text, style) for d in dialogs for t in d.turns]),
+                         tokenizer.vocab_size)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

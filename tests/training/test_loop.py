@@ -53,9 +53,17 @@ def test_train_writes_metrics_checkpoint_and_bundle(synthetic_corpus, tmp_path):
     betas = {r["step"]: r["beta"] for r in train_rows}
     assert (betas[4], betas[8], betas[12], betas[16], betas[20]) == (0.5, 1.0, 1.0, 0.5, 1.0)
     manifest, sha = verify_bundle(run / "bundle")
-    assert set(manifest["files"]) == {"model.safetensors", "config.json", "tokenizer.model", "lexicon.txt"}
+    assert set(manifest["files"]) == {"model.safetensors", "config.json", "tokenizer.model", "lexicon.txt",
+                                      "reply_lm.safetensors"}
     bundle = load_bundle(run / "bundle")
     assert bundle.sha256 == sha and bundle.text_style == "plain"
+    # the reranker's reply model covers the training replies: each seen bigram counted, the model's vocabulary
+    assert bundle.reply_lm is not None and bundle.reply_lm.vocab_size == bundle.config.vocab_size
+    assert bundle.reply_lm.counts.sum() > 24 and len(bundle.reply_lm) > 10
+    from model.generate import AntiLM
+    assert AntiLM(bundle).kind == "reply_lm" and AntiLM(bundle, "probes").kind == "probes"
+    reply = bundle.tokenizer.encode("hello")
+    assert AntiLM(bundle).logprob([reply, []]) == [bundle.reply_lm.logprobs([reply])[0], 0.0]
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 24
 
 
