@@ -104,6 +104,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthetic(args: argparse.Namespace) -> int:
+    from .synthetic import main_args
+
+    return main_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model import rerank as rr
 
@@ -187,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--notes")
     c.add_argument("--notes-file")
     c.set_defaults(func=_compare)
+
+    from .synthetic import build_parser as synthetic_parser
+
+    sy = sub.add_parser("synthetic", help="Fu et al.'s synthetic experiment: a sequence VAE with a 2-D latent on ten "
+                                          "sequences, monotonic vs cyclical; figures of the latent space")
+    synthetic_parser(sy).set_defaults(func=_synthetic)
     return p
 
 
