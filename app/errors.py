@@ -37,10 +37,10 @@ def shrink(value: Any, depth: int = 0) -> Any:
         return out
     if isinstance(value, dict):
         items = list(value.items())
-        out = {str(k)[:MAX_STR]: shrink(v, depth + 1) for k, v in items[:MAX_ITEMS]}
+        kept = {str(k)[:MAX_STR]: shrink(v, depth + 1) for k, v in items[:MAX_ITEMS]}
         if len(items) > MAX_ITEMS:
-            out["..."] = f"[{len(items)} keys]"
-        return out
+            kept["..."] = f"[{len(items)} keys]"
+        return kept
     return value
 
 

@@ -132,7 +132,7 @@ def chat_request_model(settings: Settings, model_max_tokens: int | None = None) 
     message = create_model("ChatMessage", __base__=ChatMessageBase,
                            content=(text, Field(description=f"at most {settings.max_turn_chars} characters")))
     max_tokens = min(settings.max_tokens, model_max_tokens or settings.max_tokens)
-    tokens = (int | None, Field(None, ge=1, le=max_tokens, description="tokens per choice; absent: the limit"))
+    tokens: Any = (int | None, Field(None, ge=1, le=max_tokens, description="tokens per choice; absent: the limit"))
     return create_model(
         "ChatCompletionRequest",
         __base__=ChatRequestBase,

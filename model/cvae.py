@@ -364,6 +364,7 @@ class CVAE(nn.Module):
             "z": z.detach(),
         }
         if self.cfg.kgcvae:
+            assert batch.acts is not None and act_logits is not None  # a kgCVAE predicts the batch's dialog acts
             act_mask = batch.acts > 0
             act_nll = F.cross_entropy(act_logits.float(), batch.acts, reduction="none")
             losses["act_loss"] = (act_nll * act_mask).sum() / act_mask.sum().clamp(min=1)

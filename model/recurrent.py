@@ -122,6 +122,8 @@ def gru_layer(rnn: nn.GRU, x: Inputs, sl: SortedLengths, h0: torch.Tensor | None
         raise ValueError("gru_layer supports one batch-first layer with biases")
     N = len(sl.lens)
     H = rnn.hidden_size
+    w_hh = rnn.weight_hh_l0
+    assert isinstance(w_hh, torch.Tensor)  # a Parameter; nn.Module's attribute lookup is typed loosely
     if isinstance(x, torch.Tensor):
         T, device = x.shape[1], x.device
         flat_x = x.reshape(N * T, -1)
@@ -129,8 +131,8 @@ def gru_layer(rnn: nn.GRU, x: Inputs, sl: SortedLengths, h0: torch.Tensor | None
     else:
         if width < sl.steps:
             raise ValueError("gru_layer: give the padded width of the inputs the lookup reads")
-        T, device, lookup = width, rnn.weight_hh_l0.device, x
-    h_init = (torch.zeros(N, H, device=device, dtype=rnn.weight_hh_l0.dtype) if h0 is None
+        T, device, lookup = width, w_hh.device, x
+    h_init = (torch.zeros(N, H, device=device, dtype=w_hh.dtype) if h0 is None
               else h0.index_select(0, torch.from_numpy(sl.order).to(device)))
     finals, outs_fwd = [], []
     for d in range(2 if rnn.bidirectional else 1):

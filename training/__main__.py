@@ -202,23 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _missing_extra(e: ModuleNotFoundError) -> int:
+    print(f"error: {e}: training needs its extra packages; install them with `.venv/bin/pip install "
+          "-c constraints.txt -c requirements/dev.txt -e '.[train]'` (or `make install-dev`)", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import CorpusError
-    from .humaneval import HumanEvalError
-    from .loop import RunError
-    from model.bundle import BundleError
-
+    try:  # these modules import the train extra's packages (PyYAML, tqdm, NLTK, ...), absent after `make serve`
+        from .checkpoint import CheckpointError
+        from .config import ConfigError
+        from .data import CorpusError
+        from .humaneval import HumanEvalError
+        from .loop import RunError
+        from model.bundle import BundleError
+    except ModuleNotFoundError as e:
+        return _missing_extra(e)
     try:
         return args.func(args)
     except ModuleNotFoundError as e:
-        print(f"error: {e}: training needs its extra packages; install them with "
-              "`.venv/bin/pip install -c constraints.txt -e '.[train]'` (or `make install-dev`)", file=sys.stderr)
-        return 2
+        return _missing_extra(e)
     except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, FileNotFoundError,
             HumanEvalError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -130,7 +130,8 @@ class ExampleSet:
             topics.append(d.topic)
             acts.append(d.acts[i])
             others = [s for s in d.meta if s != me]
-            metas.append(d.meta.get(me, blank) + (d.meta[others[0]] if others else blank))
+            mine = d.meta.get(me, blank) if me is not None else blank
+            metas.append(mine + (d.meta[others[0]] if others else blank))
         return collate(contexts, flags, responses, topics=topics,
                        meta=metas if self.vocabs.meta_fields else None, acts=acts)
 

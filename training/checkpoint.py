@@ -7,7 +7,6 @@ Nothing is pickled, so a checkpoint from anywhere is safe to open.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 

@@ -244,6 +244,9 @@ def _read_dailydialog(folder: Path, split: str) -> list[Dialog]:
 
 
 def _jsonl_turn(raw: Any, index: int, where: str) -> Turn:
+    speaker: str | None
+    text: str | None
+    act: str | None
     if isinstance(raw, str):
         speaker, text, act = "AB"[index % 2], raw, None
     elif isinstance(raw, dict):

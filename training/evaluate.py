@@ -63,7 +63,7 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
             mus.append(out["mu_q"].float().cpu())
             logvars.append(out["logvar_q"].float().cpu())
             zs.append(out["z"].float().cpu())
-    res = acc.summary()
+    res: dict[str, Any] = acc.summary()
     if latent and mus:
         mu = torch.cat(mus)
         res["active_units"] = active_units(mu.numpy())

@@ -183,12 +183,12 @@ def score(sheet_path: Path, key_path: Path, ratings: Sequence[Path]) -> dict[str
                 acc[1] += spec
                 acc[2] += 1
         for system in key["systems"]:
-            acc = sums.get(system)
+            tally = sums.get(system)
             d = per_sys.setdefault(system, {"sensible": [], "specific": []})
-            if acc:
-                d["sensible"].append((acc[0], acc[2]))
-                d["specific"].append((acc[1], acc[2]))
-                per_ctx_ssa[system].append((acc[0] + acc[1]) / (2 * acc[2]))
+            if tally:
+                d["sensible"].append((tally[0], int(tally[2])))
+                d["specific"].append((tally[1], int(tally[2])))
+                per_ctx_ssa[system].append((tally[0] + tally[1]) / (2 * tally[2]))
             else:
                 per_ctx_ssa[system].append(None)
     rng = np.random.default_rng(0)
@@ -196,13 +196,13 @@ def score(sheet_path: Path, key_path: Path, ratings: Sequence[Path]) -> dict[str
     for system, d in per_sys.items():
         if not d["sensible"]:
             continue
-        sens = _interval(d["sensible"], rng)
-        spec = _interval(d["specific"], rng)
+        sens_iv = _interval(d["sensible"], rng)
+        spec_iv = _interval(d["specific"], rng)
         both = [(a[0] + b[0], 2 * a[1]) for a, b in zip(d["sensible"], d["specific"])]
         ssa = _interval(both, rng)
         systems[system] = {"candidates": int(sum(c for _, c in d["sensible"])), "contexts": len(d["sensible"]),
-                           "sensible": sens[0], "sensible_ci": sens[1:], "specific": spec[0],
-                           "specific_ci": spec[1:], "ssa": ssa[0], "ssa_ci": ssa[1:]}
+                           "sensible": sens_iv[0], "sensible_ci": sens_iv[1:], "specific": spec_iv[0],
+                           "specific_ci": spec_iv[1:], "ssa": ssa[0], "ssa_ci": ssa[1:]}
     vs, vp = np.array(votes_sens), np.array(votes_spec)
     pair_agree = (float(np.mean([np.mean(vs[:, a] == vs[:, b]) for a, b in combinations(range(R), 2)]))
                   if R > 1 else float("nan"))

@@ -161,7 +161,7 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        np_state = np.random.get_state()
+        np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, cached)
         meta = {"step": self.step, "cursor": self.cursor, "best": self.best, "optimizer": opt_meta,
                 "world": self.world, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
                 "rng_python": repr(random.getstate()),
@@ -213,7 +213,8 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=T, initial=self.step, disable=not self.is_main or None, desc=cfg.name,
                    dynamic_ncols=True)
-        window = {"rc": 0.0, "kl": 0.0, "bow": 0.0, "act": 0.0, "nll": 0.0, "tok": 0, "n": 0, "gn": 0.0}
+        window: dict[str, Any] = {"rc": 0.0, "kl": 0.0, "bow": 0.0, "act": 0.0, "nll": 0.0, "tok": 0, "n": 0,
+                                  "gn": 0.0}  # floats, or tensors on the device between log steps
         t0 = time.perf_counter()
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
         while self.step < T:

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -36,7 +36,8 @@ NOT_EVALUATED = "not evaluated"
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     """Training rows and validation rows of a metrics.jsonl, each sorted by step; bad lines are skipped."""
-    train, valid = [], []
+    train: list[dict] = []
+    valid: list[dict] = []
     if not path.is_file():
         log.warning("%s: no metrics file", path)
         return train, valid
@@ -127,7 +128,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- format
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -327,7 +328,7 @@ def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: s
     if len(by) < len(runs):  # several seeds per schedule: show means
         kinds = list(by)
         for part, label in (("final_valid", "final validation"), ("test", "test")):
-            means = [by[k].get(f"{part}_mean") for k in kinds]
+            means: list[Any] = [by[k].get(f"{part}_mean") for k in kinds]
             if not all(means):
                 continue
             order = VALID_ORDER if part == "final_valid" else TEST_ORDER

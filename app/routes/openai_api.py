@@ -19,7 +19,7 @@ Either way the n choices differ through their latent codes (latent_temperature, 
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Depends, Request
 
@@ -28,8 +28,8 @@ from model.text import normalize
 
 from ..engine import Engine, GenerationRequest, InputError, Result
 from ..errors import OpenAIError
-from ..openai_schemas import (AssistantMessage, ChatCompletion, ChatMessageBase, Choice, Decoding, ErrorBody,
-                              ModelCard, ModelList, Usage, chat_request_model)
+from ..openai_schemas import (AssistantMessage, ChatCompletion, ChatMessageBase, ChatRequestBase, Choice, Decoding,
+                              ErrorBody, ModelCard, ModelList, Usage, chat_request_model)
 from ..runtime import Runtime, RuntimeDep
 from ..settings import Settings
 from .respond import require_api_key
@@ -133,6 +133,7 @@ def router(settings: Settings) -> APIRouter:
     async def chat_completions(body: Body,  # type: ignore[valid-type]
                                request: Request, rt: RuntimeDep) -> ChatCompletion:
         """OpenAI's chat completion: n choices replying to the last (user) message of ``messages``, best first."""
+        body = cast(ChatRequestBase, body)  # for the type checker: Body is built at run time from this base
         engine = rt.require_engine()
         if body.model != engine.bundle.name:
             raise _unknown_model(body.model, engine)

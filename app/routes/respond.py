@@ -2,7 +2,7 @@
 
 import hmac
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..engine import GenerationRequest, InputError
 from ..runtime import RuntimeDep
-from ..schemas import ModelRef, PriorOut, ReplyOut, RespondResponse, request_model
+from ..schemas import ModelRef, PriorOut, ReplyOut, RespondRequestBase, RespondResponse, request_model
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def router(settings: Settings) -> APIRouter:
             dependencies=[Depends(require_api_key)])
     async def respond(body: Body, request: Request, rt: RuntimeDep) -> RespondResponse:  # type: ignore[valid-type]
         """Reply to the last turn of ``context`` with up to ``n`` diverse replies, best first."""
+        body = cast(RespondRequestBase, body)  # for the type checker: Body is built at run time from this base
         engine = rt.require_engine()
         rid = request.state.request_id
         if body.latents is not None and "n" in body.model_fields_set and body.n != len(body.latents):

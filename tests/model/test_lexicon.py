@@ -99,7 +99,7 @@ def test_thousands_of_random_replies_hold_only_lexicon_words(tokenizer):
     model = CVAE(preset("tiny", vocab_size=tokenizer.vocab_size, max_decode_len=12)).eval()
     B = 500
     bad_free = 0
-    for rep in range(4):  # 2,000 replies
+    for _ in range(4):  # 2,000 replies
         cond = torch.randn(B, model.cfg.cond_dim) * 3
         z = torch.randn(B, model.cfg.latent_dim) * 3
         out = decode(model, cond, z, 12, strategy="sample", temperature=2.0, banned=banned, constraint=pc)

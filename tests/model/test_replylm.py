@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from safetensors import SafetensorError
 
 from model.config import BOS_ID, EOS_ID
 from model.replylm import ReplyLM
@@ -75,5 +76,5 @@ def test_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sorted"):
         ReplyLM(V, lm.keys[::-1].copy(), lm.counts[::-1].copy(), lm.discount)
     (tmp_path / "x.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         ReplyLM.load(tmp_path / "x.safetensors")

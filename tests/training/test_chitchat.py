@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import shared_data
 from training.config import ConfigError, load_config
-from training.data import (CHITCHAT_MEMBER, CHITCHAT_MIN_TURNS, CorpusError, Dialog, Source, Turn,
+from training.data import (CHITCHAT_MEMBER, CHITCHAT_MIN_TURNS, CorpusError, Dialog, Turn,
                            chitchat_dialogs, chitchat_split_of, mix_style, read_corpus, read_reserved_ids,
                            read_sources, weighted)
 
