@@ -5,11 +5,14 @@ Flags override the DIALOG_* environment variables they mirror."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .settings import Settings
@@ -156,9 +159,25 @@ def serve(argv: list[str]) -> int:
     class Server(uvicorn.Server):
         """On the first SIGTERM/SIGINT: readiness and /respond turn 503 at once, while the socket stays
         open for ``drain_grace_s`` and until in-flight requests finish (at most ``drain_timeout_s``);
-        then uvicorn's own graceful shutdown runs. A second signal stops at once."""
+        then uvicorn's own graceful shutdown runs. A second signal stops at once.
+
+        A stop asked for by a signal is a normal end: once drained, the process exits with status 0.
+        (uvicorn's own handling re-raises the signal after its shutdown, so the process would die of it:
+        status 143, a KeyboardInterrupt traceback on Ctrl-C, and `make serve` ending in "*** Terminated".)"""
 
         draining_since: float | None = None
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield  # signal handlers can only be set from the main thread
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.draining_since is not None:
