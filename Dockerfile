@@ -4,22 +4,31 @@
 #   docker build --target train -t cvae-dialog-train .     # the training CLI (adds the `train` extra)
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 ...   # CUDA torch
 #
-# Stages: base (OS, user, env) -> deps (venv, torch, runtime deps) -> runtime-venv (+ the package)
-#         deps -> train-venv (+ the train extra and the package); runtime and train copy a venv onto base,
-#         so neither final image carries pip caches, the source tree or a compiler.
+# Stages: base (OS, user, env) -> deps (venv: torch, then the runtime lock) -> train-deps (+ the train extra at
+#         the dev lock's versions); project (the package alone, pip install --target /opt/cvae-dialog).
+#         runtime = base + deps' venv + project; train = base + train-deps' venv + project. Dependencies and
+#         the project are separate layers, so a code change rebuilds and ships only the small project layer,
+#         never torch; neither final image carries pip caches, the source tree or a compiler.
+# Versions: requirements/runtime.txt and requirements/dev.txt (`make lock`) pin every package except torch,
+#         which constraints.txt pins and TORCH_INDEX_URL provides.
 
 # Build arguments. Declared here with their defaults; each stage that uses one names it again (ARG NAME)
 # to bring it into scope.
-ARG BASE_IMAGE=python:3.11-slim
+# The base image, pinned by digest (of python:3.11-slim's multi-platform index) so that a rebuild starts from
+# the same files. To move to a newer one (security updates): `docker pull python:3.11-slim`, then
+# `docker inspect --format '{{index .RepoDigests 0}}' python:3.11-slim` (or `docker buildx imagetools inspect
+# python:3.11-slim`) gives the digest; put it here and in compose.yaml (tests/test_docker.py checks they agree).
+ARG BASE_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 # Where torch comes from. The default is PyTorch's CPU-only index (an unpinned torch from PyPI pulls a
 # CUDA build of several GB); a GPU image names a CUDA index, e.g. https://download.pytorch.org/whl/cu130.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Extra pip options for every install: "--find-links /wheels" for a local torch wheel, "--index-url URL"
 # for a mirror of PyPI (the torch step's own --index-url still wins there).
 ARG PIP_EXTRA_ARGS=""
-# PIP_CERT (no default): a CA bundle for a TLS-intercepting proxy. pip reads it from the environment,
-# also in the isolated environments where it builds packages, which a --cert option would not reach.
-# When it is not passed nothing is set. Build args do not persist into the images.
+# A CA bundle for a TLS-intercepting proxy. pip reads PIP_CERT from the environment, also in the isolated
+# environments where it builds packages, which a --cert option would not reach; empty (the default) is
+# ignored by pip. Build args do not persist into the images.
+ARG PIP_CERT=""
 
 # ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS base
@@ -46,39 +55,49 @@ ARG PIP_EXTRA_ARGS
 ARG PIP_CERT
 
 WORKDIR /src
-RUN python3 -m venv "${VIRTUAL_ENV}"
+# The project is installed apart from the venv, in /opt/cvae-dialog (stage project); a .pth file puts it
+# on the venv's path.
+RUN python3 -m venv "${VIRTUAL_ENV}" \
+ && echo /opt/cvae-dialog > "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cvae-dialog.pth"
 
-# torch alone first: the largest layer, rebuilt only when the pin or the index changes.
+# torch alone first, without its dependencies: the largest layer, rebuilt only when the pin or the index
+# changes. Its dependencies come with the lock below (for a CUDA build, its nvidia-* packages, which torch
+# pins exactly, come from PyPI there).
 COPY constraints.txt ./
-RUN pip install ${PIP_EXTRA_ARGS} --index-url "${TORCH_INDEX_URL}" -c constraints.txt torch
+RUN pip install ${PIP_EXTRA_ARGS} --no-deps --index-url "${TORCH_INDEX_URL}" -c constraints.txt torch
 
-# Then the other runtime dependencies, read from pyproject.toml, so that editing code reuses this layer.
+# Then every other runtime package at its locked version.
+COPY requirements/runtime.txt requirements/
+RUN pip install ${PIP_EXTRA_ARGS} -c constraints.txt -r requirements/runtime.txt torch && pip check
+
+# ---------------------------------------------------------------------------------------------------
+FROM deps AS train-deps
+ARG PIP_EXTRA_ARGS
+ARG PIP_CERT
+# The train extra, read from pyproject.toml, at the dev lock's versions (the same as the runtime lock's
+# wherever both name a package).
 COPY pyproject.toml ./
+COPY requirements/dev.txt requirements/
 COPY docker/requirements.py docker/
-RUN python docker/requirements.py pyproject.toml > /tmp/requirements.txt \
- && pip install ${PIP_EXTRA_ARGS} -c constraints.txt -r /tmp/requirements.txt
-
-# ---------------------------------------------------------------------------------------------------
-FROM deps AS runtime-venv
-ARG PIP_EXTRA_ARGS
-ARG PIP_CERT
-COPY . .
-# `pip install .`: the package with its data (the default bundle under model/pretrained), no dev extra.
-RUN pip install ${PIP_EXTRA_ARGS} --no-deps -c constraints.txt . && pip check
-
-# ---------------------------------------------------------------------------------------------------
-FROM deps AS train-venv
-ARG PIP_EXTRA_ARGS
-ARG PIP_CERT
 RUN python docker/requirements.py pyproject.toml train > /tmp/requirements-train.txt \
- && pip install ${PIP_EXTRA_ARGS} -c constraints.txt -r /tmp/requirements-train.txt
+ && pip install ${PIP_EXTRA_ARGS} -c constraints.txt -c requirements/dev.txt -r /tmp/requirements-train.txt \
+ && pip check
+
+# ---------------------------------------------------------------------------------------------------
+FROM deps AS project
+ARG PIP_EXTRA_ARGS
+ARG PIP_CERT
 COPY . .
-RUN pip install ${PIP_EXTRA_ARGS} --no-deps -c constraints.txt ".[train]" && pip check
+# The package with its data (the default bundle under model/pretrained), without dependencies: they are in
+# the venv, where `pip check` finds them.
+RUN pip install ${PIP_EXTRA_ARGS} --no-deps --target /opt/cvae-dialog . && pip check
 
 # ---------------------------------------------------------------------------------------------------
 # The training CLI: `docker compose run --rm train train --config tiny.toml --out /runs/NAME`.
 FROM base AS train
-COPY --from=train-venv /opt/venv /opt/venv
+COPY --from=train-deps /opt/venv /opt/venv
+COPY --from=project /opt/cvae-dialog /opt/cvae-dialog
+COPY docker/train-entrypoint.sh /usr/local/lib/cvae-dialog/train-entrypoint.sh
 RUN mkdir -p /shared/data
 # Runs go to /runs (a volume, owned by app); relative --out paths land there too. The shipped configs
 # read their corpus from ../shared/data/<corpus>, relative to the working directory as in a checkout:
@@ -87,13 +106,15 @@ RUN mkdir -p /shared/data
 WORKDIR /runs
 USER app
 VOLUME ["/runs"]
-ENTRYPOINT ["python", "-m", "training"]
+# The entrypoint notes what to mount when /shared/data is empty, then execs `python -m training`.
+ENTRYPOINT ["sh", "/usr/local/lib/cvae-dialog/train-entrypoint.sh"]
 CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------------------
 # The API server (default target).
 FROM base AS runtime
-COPY --from=runtime-venv /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=project /opt/cvae-dialog /opt/cvae-dialog
 COPY docker/healthcheck.py /usr/local/lib/cvae-dialog/healthcheck.py
 WORKDIR /home/app
 ENV DIALOG_HOST=0.0.0.0 \

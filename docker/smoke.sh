@@ -10,13 +10,14 @@
 #   2. base     localhost/debian-python:bookworm (debootstrap minbase + python3, python3-venv), built once
 #               and kept as a cache
 #   3. build    `podman build --format docker` (keeps HEALTHCHECK) with the host's CA folder and the local
-#               torch wheel folder ($PIP_FIND_LINKS) mounted read-only, tagged as compose's api image
+#               torch wheel folder ($PIP_FIND_LINKS) mounted read-only, tagged as compose's api image; the
+#               dependencies and the project must be separate layers, the project's small and on top
 #   (train)     with SMOKE_TRAIN=1: build the train target, `docker-compose run --rm train train --config
 #               tiny.toml --out /runs/smoke` into the `runs` volume, then serve /runs/smoke/bundle
 #   4. up       podman's Docker-compatible API on a socket of ours, `docker-compose up -d --no-build api`
 #   5. checks   /readyz polled until 200; `podman healthcheck run` once; POST /respond returns n replies;
 #               the server runs as a non-root user, as PID 1 (exec form); no dev tools in the image
-#   6. stop     `docker-compose stop`: SIGTERM must end the server (exit 0 or 143) within the grace period
+#   6. stop     `docker-compose stop`: SIGTERM must end the server (exit 0) within the grace period
 # On exit, failed or not: compose down -v, stop our podman service, remove the image tags and temp files.
 # The base image and podman's layer cache stay, so a rerun skips debootstrap and the torch layer.
 #
@@ -186,6 +187,23 @@ build_image() {  # build_image TARGET TAG
     cached=$(grep -c 'Using cache' "$WORK/build-$1.log" || true)
     size=$(podman image inspect "$2" --format '{{.Size}}' | awk '{printf "%.0f MB", $1 / 1e6}')
     log "built $2: $size, $cached steps from the layer cache"
+    # Dependencies (torch) and the project in separate layers, the project's last and small, so that a code
+    # change rebuilds and ships only it.
+    podman history --format json "$2" >"$WORK/history-$1.json"
+    python3 - "$WORK/history-$1.json" <<'EOF' | sed 's/^/    /' || die "image $2: the dependencies and the project must be separate layers, the project's small and on top"
+import json, re, sys
+layers = json.load(open(sys.argv[1]))  # the newest layer first
+def find(dest):
+    return next((i for i, e in enumerate(layers) if re.search(rf"COPY \S+ in {dest} *$", e.get("CreatedBy") or "")), None)
+venv, proj = find("/opt/venv"), find("/opt/cvae-dialog")
+if venv is None or proj is None:
+    sys.exit("no COPY layer of /opt/venv or of /opt/cvae-dialog")
+print(f"layers: dependencies {layers[venv]['size'] / 1e6:.0f} MB, project {layers[proj]['size'] / 1e6:.1f} MB on top")
+if proj > venv:
+    sys.exit("the project layer lies under the dependencies' layer")
+if layers[proj]["size"] > 200e6:
+    sys.exit("the project layer is over 200 MB: dependencies in it?")
+EOF
 }
 build_image runtime "$IMAGE"
 
@@ -202,6 +220,7 @@ if [[ -n ${SMOKE_TRAIN:-} ]]; then
     phase train
     # The documented retraining path: the train service writes a run into the `runs` volume, the api serves it.
     [[ -d $ROOT/../shared/data ]] || die "SMOKE_TRAIN needs the corpora in ../shared/data beside the checkout"
+    export DATA_DIR=$ROOT/../shared/data  # unset, compose mounts an empty volume there
     build_image train "$TRAIN_IMAGE"
     COMPOSE_STARTED=1
     compose run --rm -T train train --config tiny.toml --out /runs/smoke >"$WORK/train.log" 2>&1 \
@@ -317,9 +336,9 @@ t0=$(date +%s)
 compose stop api 2>&1 | sed 's/^/    /'
 code=$(podman inspect "$CTR" --format '{{.State.ExitCode}}')
 log "stopped in $(($(date +%s) - t0))s, exit code $code"
-# 0, or 143 from a server that re-raises SIGTERM after its graceful shutdown (uvicorn does); 137 means
-# it ignored SIGTERM and was killed when the grace period ran out.
-[[ $code == 0 || $code == 143 ]] || die "server did not stop on SIGTERM (exit $code; 137 = killed after the grace period)"
+# 0: the server drains and ends normally (143 would be a server killed by the signal it was asked to stop
+# with; 137 one that ignored SIGTERM and was killed when the grace period ran out).
+[[ $code == 0 ]] || die "server did not stop cleanly on SIGTERM (exit $code; 137 = killed after the grace period)"
 
 phase ""
 log "all checks passed"
