@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, save_bundle
+from model.bundle import DEFAULT_BUNDLE, load_bundle
 from model.config import BOS_ID, preset
 from model.cvae import CVAE
 from model.decoding import decode
@@ -79,11 +79,12 @@ def test_quantized_decoding_is_deterministic_and_row_wise():
     assert alone == a.tokens
 
 
-def test_quantization_refuses_a_cuda_model(monkeypatch):
-    m = tiny_model()
-    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
+def test_quantization_refuses_a_model_off_the_cpu():
+    """A model on another device (CUDA, here the storage-less "meta" device, which any build has) is refused."""
+    m = tiny_model().to("meta")
     with pytest.raises(ValueError, match="CPU only"):
         quantize_decoder(m, "int8")
+    assert not is_quantized(m)
 
 
 @needs_int8
