@@ -157,7 +157,7 @@ class Engine:
                  candidates_per_reply: int = reranking.DEFAULT_CANDIDATES_PER_REPLY,
                  latent_temperature: float = reranking.DEFAULT_LATENT_TEMPERATURE,
                  max_candidates: int = 64, mmi_weight: float = reranking.DEFAULT_MMI_WEIGHT,
-                 diversity: float = reranking.DEFAULT_DIVERSITY, anti_lm: str = "auto"):
+                 diversity: float = reranking.DEFAULT_DIVERSITY, anti_lm: str = "probes"):
         if quantize != "none":
             quantize_decoder(bundle.model, quantize)  # int8 decoder: see model.quantize
         self.quantize = quantize

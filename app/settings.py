@@ -51,10 +51,10 @@ class Settings(BaseSettings):
                                                            "generic replies (0: likelihood only)")
     diversity: float = Field(rr.DEFAULT_DIVERSITY, ge=0, le=10, description="weight of the similarity penalty of the "
                                                            "maximal-marginal-relevance choice")
-    anti_lm: Literal["auto", "reply_lm", "probes"] = Field(
-        "auto", description="how the anti-language-model term estimates log p(reply): the bundle's bigram model of "
-                            "training replies (reply_lm), the decoder over probe contexts (probes), or reply_lm when "
-                            "the bundle holds one (auto)")
+    anti_lm: Literal["probes", "reply_lm"] = Field(
+        "probes", description="how the anti-language-model term estimates log p(reply): the decoder over probe "
+                              "contexts (probes), or the bundle's bigram model of training replies (reply_lm: "
+                              "much cheaper, rated less sensible; see docs/quality.md)")
 
     def engine_options(self) -> dict[str, object]:
         """Keyword arguments of app.engine.Engine from these settings (one place for the server and the CLI)."""

@@ -39,27 +39,25 @@ def encode_contexts(bundle: Bundle, contexts: Sequence[Sequence[str]]) -> torch.
     return bundle.model.encode(collate([t for t, _ in built], [f for _, f in built]).to(bundle.device))
 
 
-ANTI_LM_KINDS = ("auto", "reply_lm", "probes")
+ANTI_LM_KINDS = ("probes", "reply_lm")
 
 
 class AntiLM:
     """log p(r), the reranker's anti-language-model term (model.rerank), estimated one of two ways:
 
-    - ``reply_lm``: the bundle's bigram model of the training replies (model.replylm): table lookups.
-    - ``probes``: log mean_k p(r | c_k, z_k) over PROBE_CONTEXTS, z_k the prior mean of each: one
-      teacher-forced decoder pass over (distinct replies x probes) rows through the vocabulary projection.
-
-    ``auto`` is reply_lm when the bundle holds one, probes otherwise.
+    - ``probes`` (the default): log mean_k p(r | c_k, z_k) over PROBE_CONTEXTS, z_k the prior mean of each:
+      one teacher-forced decoder pass over (distinct replies x probes) rows through the vocabulary projection.
+    - ``reply_lm``: the bundle's bigram model of the training replies (model.replylm): table lookups, nearly
+      free, but blind raters judged its choices less sensible (docs/quality.md, "A cheaper anti-LM").
     """
 
-    def __init__(self, bundle: Bundle, kind: str = "auto"):
+    def __init__(self, bundle: Bundle, kind: str = "probes"):
         if kind not in ANTI_LM_KINDS:
             raise ValueError(f"anti-LM kind must be one of {', '.join(ANTI_LM_KINDS)}, got {kind!r}")
         if kind == "reply_lm" and bundle.reply_lm is None:
             raise ValueError(f"{bundle.path}: the bundle holds no reply language model (reply_lm.safetensors); "
                              "build one with `python -m training lexicon --bundle ...` or use the probes")
-        self.kind = "reply_lm" if kind == "auto" and bundle.reply_lm is not None else \
-            ("probes" if kind == "auto" else kind)
+        self.kind = kind
         self.reply_lm = bundle.reply_lm
         self.model = bundle.model
         if self.kind == "probes":
@@ -100,7 +98,7 @@ class Generator:
                  candidates_per_reply: int = rerank.DEFAULT_CANDIDATES_PER_REPLY,
                  mmi_weight: float = rerank.DEFAULT_MMI_WEIGHT, diversity: float = rerank.DEFAULT_DIVERSITY,
                  latent_temperature: float = rerank.DEFAULT_LATENT_TEMPERATURE, batch_rows: int = 64,
-                 anti_lm: str = "auto"):
+                 anti_lm: str = "probes"):
         self.bundle = bundle
         self.banned = (PAD_ID, UNK_ID, BOS_ID, bundle.tokenizer.dialog_start_id)
         self.constraint = (PieceConstraint(bundle.lexicon, bundle.tokenizer.sp, self.banned)

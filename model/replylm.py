@@ -88,7 +88,7 @@ class ReplyLM:
         return np.add.reduceat(lp, np.concatenate([[0], ends[:-1]])).tolist()
 
     def save(self, path: str | Path) -> None:
-        tensors = {"keys": torch.from_numpy(self.keys), "counts": torch.from_numpy(self.counts.astype(np.int64)),
+        tensors = {"keys": torch.from_numpy(self.keys), "counts": torch.from_numpy(self.counts.astype(np.int32)),
                    "discount": torch.tensor([self.discount], dtype=torch.float64),
                    "vocab_size": torch.tensor([self.vocab_size], dtype=torch.int64)}
         atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"format": "reply-bigram-kn"}))

@@ -165,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--diversity", type=float, default=rr.DEFAULT_DIVERSITY)
     q.add_argument("--latent-temperature", type=float, default=rr.DEFAULT_LATENT_TEMPERATURE,
                    help="default: the service's")
-    q.add_argument("--anti-lm", choices=["auto", "reply_lm", "probes"], default="auto",
-                   help="log p(reply) of the reranker: the bundle's reply bigram model or the decoder over probe "
-                        "contexts (default auto: reply_lm when the bundle holds one)")
+    q.add_argument("--anti-lm", choices=["probes", "reply_lm"], default="probes",
+                   help="log p(reply) of the reranker: the decoder over probe contexts (default, the service's) or "
+                        "the bundle's reply bigram model")
     q.set_defaults(func=_quality)
 
     h = sub.add_parser("humaneval", help="blind human evaluation: export a judging sheet, score the ratings")

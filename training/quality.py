@@ -120,7 +120,7 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
             contexts: int = 200, seed: int = 1, rerank: bool = True, lexicon: bool = True,
             candidates_per_reply: int = rr.DEFAULT_CANDIDATES_PER_REPLY, mmi_weight: float = rr.DEFAULT_MMI_WEIGHT,
             diversity: float = rr.DEFAULT_DIVERSITY, latent_temperature: float = rr.DEFAULT_LATENT_TEMPERATURE,
-            samples_out: str | Path | None = None, anti_lm: str = "auto",
+            samples_out: str | Path | None = None, anti_lm: str = "probes",
             device: str = "cpu") -> dict[str, Any]:
     from .data import Source, TEXT_STYLE, read_sources
 
