@@ -22,13 +22,14 @@ only with max_batch_rows = 1; otherwise a near-tie between two tokens can, rarel
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import secrets
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -179,6 +180,7 @@ class Engine:
         self._anti_lm = AntiLM(bundle, anti_lm)  # log p(r) of the reranker (model.generate.AntiLM)
         self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer)
         self.observer = self.batcher.observer
+        self._preparer: ThreadPoolExecutor | None = None  # submit_async's thread, started with the batcher
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, device: str = "auto", torch_threads: int = 0,
@@ -190,11 +192,17 @@ class Engine:
     # ----- public API -------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the batching thread (the server does; local use need not)."""
+        if self._preparer is None:
+            self._preparer = ThreadPoolExecutor(1, thread_name_prefix="dialog-prepare")
         self.batcher.start()
 
     def close(self, timeout: float = 10.0) -> bool:
         """Stop admitting requests and let admitted ones finish within ``timeout`` seconds."""
-        return self.batcher.close(timeout)
+        drained = self.batcher.close(timeout)
+        if self._preparer is not None:  # requests still waiting for it get EngineClosed (see submit_async)
+            self._preparer.shutdown(wait=False, cancel_futures=True)
+            self._preparer = None
+        return drained
 
     @property
     def running(self) -> bool:
@@ -203,6 +211,30 @@ class Engine:
     def submit(self, req: GenerationRequest) -> Future[Result]:
         """Queue a request for the batching thread. Raises InputError, QueueFull or EngineClosed."""
         job = self.prepare(req)
+        self.batcher.submit(job)
+        return job.future
+
+    async def submit_async(self, req: GenerationRequest) -> Future[Result]:
+        """:meth:`submit` for a caller on an event loop: the request is prepared (normalised and tokenised,
+        pure CPU work of several ms for a large context) in the engine's preparing thread, so the loop stays
+        free meanwhile. Raises as :meth:`submit`; a caller cancelled while its request is prepared leaves
+        nothing queued. One thread: the work holds the interpreter lock, so more threads would not run it
+        faster, only take the lock from the loop more often."""
+        pool = self._preparer
+        if pool is None or not self.running:
+            raise EngineClosed("the engine is not accepting requests")
+        try:
+            pending = asyncio.get_running_loop().run_in_executor(pool, self.prepare, req)
+        except RuntimeError:  # the thread was shut down a moment ago: the engine is closing
+            raise EngineClosed("the engine is not accepting requests") from None
+        try:
+            job = await pending
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller was cancelled
+            # close() dropped it before it was prepared (a process exits only once the thread is idle)
+            raise EngineClosed("the engine stopped before this request was prepared") from None
         self.batcher.submit(job)
         return job.future
 
@@ -234,7 +266,7 @@ class Engine:
                 "max_candidates": self.max_candidates, "mmi_weight": self.mmi_weight, "diversity": self.diversity,
                 "anti_lm": self._anti_lm.kind}
 
-    # ----- request preparation (cheap, no torch) ----------------------------------------------------
+    # ----- request preparation (no torch, but CPU work: servers call it off their event loop) --------
     def prepare(self, req: GenerationRequest) -> _Job:
         style = self.bundle.text_style
         if not req.context:

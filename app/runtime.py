@@ -68,7 +68,7 @@ class Runtime:
         names the offending field in its own terms."""
         engine = self.require_engine()
         try:
-            future = engine.submit(req)
+            future = await engine.submit_async(req)  # normalising and tokenising run off this loop
         except QueueFull:
             raise HTTPException(429, "too many requests in progress; retry shortly",
                                 headers={"Retry-After": "1"}) from None

@@ -68,3 +68,74 @@ def test_engine_on_cuda_matches_replay(tiny_bundle):
     for r in full.replies:
         alone = engine.respond(["hi there"], n=1, seed=r.seed, strategy="sample", dedupe=False).replies[0]
         assert (alone.text, alone.score) == (r.text, r.score)
+
+
+def test_submit_async_prepares_in_the_engines_thread(engine):
+    import asyncio
+    import threading
+
+    async def submit(req):
+        return await engine.submit_async(req)
+
+    with pytest.raises(EngineClosed):  # not started: nothing is prepared or queued
+        asyncio.run(submit(GenerationRequest(context=["hi"])))
+    seen = []
+    prepare = engine.prepare
+    engine.prepare = lambda req: (seen.append(threading.current_thread().name), prepare(req))[1]
+    engine.start()
+    try:
+        future = asyncio.run(submit(GenerationRequest(context=["hi"], n=2, seed=4, rerank=False)))
+        assert future.result(10).replies == engine.submit(
+            GenerationRequest(context=["hi"], n=2, seed=4, rerank=False)).result(10).replies
+        with pytest.raises(InputError) as e:
+            asyncio.run(submit(GenerationRequest(context=["hi", "\u200b"])))
+        assert e.value.loc == ("context", 1)
+    finally:
+        assert engine.close(5)
+    assert seen[0].startswith("dialog-prepare") and seen[1] == threading.main_thread().name
+    with pytest.raises(EngineClosed):
+        asyncio.run(submit(GenerationRequest(context=["hi"])))
+
+
+def test_a_lone_request_does_not_wait_for_company(tiny_bundle):
+    """The batcher waits up to max_wait_ms for other requests' rows only when another request is admitted:
+    with a wait of a minute, a lone request (and each of its redraw rounds) still answers at once."""
+    engine = Engine.from_bundle(tiny_bundle, device="cpu", torch_threads=1, max_batch_rows=64, max_wait_ms=60_000)
+    engine.start()
+    try:
+        result = engine.submit(GenerationRequest(context=["hi"], n=3, seed=1, rerank=False)).result(timeout=20)
+        assert result.n_returned >= 1 and result.timing_ms["total"] < 20_000
+    finally:
+        engine.close(5)
+
+
+def test_close_drops_requests_still_waiting_to_be_prepared(engine, monkeypatch):
+    """Requests queued for the preparing thread when the engine closes get EngineClosed at once, and the thread
+    is not kept busy with them (a process exits only once it is idle)."""
+    import asyncio
+    import threading
+
+    entered, gate = threading.Event(), threading.Event()
+    prepare = engine.prepare
+    ran = []
+
+    def slow(req):
+        ran.append(req)
+        entered.set()
+        gate.wait(10)
+        return prepare(req)
+
+    monkeypatch.setattr(engine, "prepare", slow)
+    engine.start()
+
+    async def main():
+        first = asyncio.ensure_future(engine.submit_async(GenerationRequest(context=["hi"])))
+        queued = [asyncio.ensure_future(engine.submit_async(GenerationRequest(context=["hi"]))) for _ in range(3)]
+        await asyncio.to_thread(entered.wait, 10)
+        await asyncio.to_thread(engine.close, 5)
+        gate.set()
+        return await asyncio.gather(first, *queued, return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert all(isinstance(e, EngineClosed) for e in out), out
+    assert len(ran) == 1  # only the request being prepared when the engine closed

@@ -177,3 +177,35 @@ def test_normalisation_applies(client):
     a = post(client, context=["hello   there\u200b"], seed=5, n=2)
     b = post(client, context=["hello there"], seed=5, n=2)
     assert a["replies"] == b["replies"]
+
+
+def test_the_event_loop_stays_free_while_a_request_is_prepared(make_client, monkeypatch):
+    """Normalising and tokenising a context is CPU work: it runs off the event loop, so the server answers
+    other requests meanwhile, and a context that normalises to nothing still gets its 422."""
+    import threading
+
+    entered, gate = threading.Event(), threading.Event()
+    waited = {}
+    with make_client() as c:
+        tokenizer = c.app.state.runtime.engine.tokenizer
+        encode = tokenizer.encode_batch
+
+        def slow_encode(texts):  # stands in for the work of a large context
+            entered.set()
+            waited["gate_opened"] = gate.wait(5)  # on the loop, /healthz could not answer until this times out
+            return encode(texts)
+
+        monkeypatch.setattr(tokenizer, "encode_batch", slow_encode)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=c.post("/respond", json={"context": CTX, "n": 1})))
+        t.start()
+        assert entered.wait(10)
+        health = c.get("/healthz")
+        gate.set()
+        t.join(30)
+        monkeypatch.setattr(tokenizer, "encode_batch", encode)
+        bad = c.post("/respond", json={"context": ["hi", "\u200b\u200b"]})
+    assert health.status_code == 200 and waited == {"gate_opened": True}
+    assert out["r"].status_code == 200 and out["r"].json()["n_returned"] == 1
+    assert bad.status_code == 422
+    assert [e["loc"] for e in bad.json()["detail"]] == [["body", "context", 1]]
