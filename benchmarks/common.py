@@ -1,4 +1,6 @@
-"""What every benchmark prints first (machine, versions, config) and the small pieces they share."""
+"""What every benchmark prints first (machine, versions, config) and the small pieces they share, among them the
+one percentile of every latency figure (benchmarks/ and reliability/). torch is imported where it is used, so
+the load-test client can use these pieces without it."""
 from __future__ import annotations
 
 import json
@@ -9,9 +11,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +59,7 @@ def _git_commit() -> str:
 
 def machine_info() -> dict[str, Any]:
     import numpy
+    import torch
 
     flags = ""
     try:
@@ -73,9 +77,12 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def matmul_peak(n: int = 2048, seconds: float = 3.0, dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak(n: int = 2048, seconds: float = 3.0, dtype: torch.dtype | None = None) -> float:
     """torch.matmul of two n x n matrices (fp32 unless ``dtype``): the best GFLOP/s over repeated products
     (2 n^3 each)."""
+    import torch
+
+    dtype = dtype or torch.float32
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     c = torch.empty(n, n, dtype=dtype)
     for _ in range(2):
@@ -90,7 +97,10 @@ def matmul_peak(n: int = 2048, seconds: float = 3.0, dtype: torch.dtype = torch.
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between order statistics."""
+    """The q-th percentile (0..100) of ``values``: with x_0 <= ... <= x_(n-1) sorted, the value at rank
+    k = (n - 1) q / 100, interpolated linearly between x_floor(k) and x_ceil(k) (numpy's default method, type 7
+    of Hyndman and Fan). nan for no values. Every p50/p95/p99 of docs/benchmarks.md and docs/reliability.md
+    comes from here."""
     if not values:
         return float("nan")
     xs = sorted(values)

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from reliability.server import Server
 
 from .common import REPO, percentile, print_header, quiet_quantization_warnings, table, write_json
 
@@ -66,58 +63,11 @@ def summarize(name: str, c: int, lat: list[float], replies: int, errors: int, wa
 
 
 # ----- HTTP ----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m app`` in a subprocess with the given DIALOG_* settings; ready when /readyz says 200."""
-
-    def __init__(self, settings: dict[str, Any]):
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOG_")}
-        env.update({f"DIALOG_{k.upper()}": str(v) for k, v in settings.items()})
-        env.update(DIALOG_HOST="127.0.0.1", DIALOG_PORT=str(self.port), DIALOG_LOG_LEVEL="warning")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        import httpx
-
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.proc.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server not ready in time")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> "Server":
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+def http_server(settings: dict[str, Any]) -> Server:
+    """``python -m app serve`` on a free loopback port (reliability.server.Server: ready when /readyz says 200),
+    with ``settings`` as DIALOG_* variables."""
+    env = {f"DIALOG_{k.upper()}": str(v) for k, v in settings.items()}
+    return Server([], env={**env, "DIALOG_LOG_LEVEL": "warning"}, stop_timeout=20)
 
 
 async def drive_http(url: str, contexts: list[list[str]], n: int, c: int, max_requests: int, max_seconds: float,
@@ -164,7 +114,7 @@ async def drive_http(url: str, contexts: list[list[str]], n: int, c: int, max_re
 def bench_http(name: str, settings: dict[str, Any], contexts: list[list[str]], args: argparse.Namespace
                ) -> list[dict[str, Any]]:
     rows = []
-    with Server(settings) as server:
+    with http_server(settings) as server:
         for c in args.concurrency:
             lat, replies, errors, wall = asyncio.run(drive_http(server.url, contexts, args.n, c, args.requests,
                                                                 args.seconds, args.warmup))

@@ -25,11 +25,10 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from .words import sentence
+
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("reliability.killtest")
-
-WORDS = ("hello hi how are you fine thanks good morning what is your name my name is anna bob do like tea "
-         "coffee yes no maybe sure where going home work today tomorrow see later").split()
 
 CONFIG = """\
 name = "killtest"
@@ -64,7 +63,7 @@ def write_corpus(folder: Path, dialogs: int = 40, seed: int = 0) -> Path:
     for split, k in (("train", dialogs), ("valid", 6), ("test", 6)):
         with open(folder / f"{split}.jsonl", "w") as f:
             for _ in range(k):
-                turns = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 7))) + "."
+                turns = [sentence(rng, 2, 7) + "."
                          for _ in range(rng.randint(2, 5))]
                 f.write(json.dumps({"turns": turns}) + "\n")
     return folder

@@ -27,12 +27,13 @@ from typing import Any
 
 import httpx
 
+from benchmarks.common import percentile
+
 from .server import Server, rss_bytes
+from .words import sentence
 
 log = logging.getLogger("reliability.loadtest")
 
-WORDS = ("hello hi how are you fine thanks good morning what is your name my name is anna bob do like tea "
-         "coffee yes no maybe sure where going home work today tomorrow see later").split()
 SHED = {429, 503, 504}  # what a valid request may get instead of 200 under load
 
 
@@ -48,7 +49,7 @@ class Req:
 
 
 def _sentence(rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 10)))
+    return sentence(rng, 2, 10)
 
 
 def make_request(rng: random.Random, invalid_fraction: float, max_body_bytes: int) -> Req:
@@ -124,13 +125,6 @@ class Tally:
             self.unintended.append({"kind": req.kind, "status": status})
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return v[min(len(v) - 1, max(0, round(q / 100 * len(v) + 0.5) - 1))]
-
-
 async def _client(i: int, url: str, deadline: float, tally: Tally, seed: int, invalid_fraction: float,
                   max_body_bytes: int, timeout: float) -> None:
     rng = random.Random(seed * 1000 + i)
@@ -189,7 +183,12 @@ async def run_load(url: str, duration: float, clients: int, seed: int = 0, inval
 
 
 def summarise(tally: Tally, duration: float, clients: int) -> dict[str, Any]:
-    ms = lambda v: None if v is None else round(1000 * v, 1)  # noqa: E731
+    def ms(values: list[float], q: float | None = None) -> float | None:
+        """The q-th percentile (benchmarks.common.percentile), or the maximum, in ms; None for no values."""
+        if not values:
+            return None
+        return round(1000 * (max(values) if q is None else percentile(values, q)), 1)
+
     answered = sum(tally.statuses.values())
     return {
         "clients": clients, "duration_s": duration, "requests_sent": tally.sent, "responses": answered,
@@ -199,10 +198,10 @@ def summarise(tally: Tally, duration: float, clients: int) -> dict[str, Any]:
         "unintended": len(tally.unintended), "unintended_examples": tally.unintended[:5],
         "transport_errors": dict(tally.transport_errors),
         "missing_retry_after": tally.missing_retry_after, "max_error_body_bytes": tally.max_error_body,
-        "latency_ms": {"p50": ms(pct(tally.latency_s, 50)), "p90": ms(pct(tally.latency_s, 90)),
-                       "p99": ms(pct(tally.latency_s, 99)), "max": ms(max(tally.latency_s, default=None))},
-        "latency_ok_ms": {"p50": ms(pct(tally.latency_ok_s, 50)), "p90": ms(pct(tally.latency_ok_s, 90)),
-                          "p99": ms(pct(tally.latency_ok_s, 99)), "max": ms(max(tally.latency_ok_s, default=None))},
+        "latency_ms": {"p50": ms(tally.latency_s, 50), "p90": ms(tally.latency_s, 90),
+                       "p99": ms(tally.latency_s, 99), "max": ms(tally.latency_s)},
+        "latency_ok_ms": {"p50": ms(tally.latency_ok_s, 50), "p90": ms(tally.latency_ok_s, 90),
+                          "p99": ms(tally.latency_ok_s, 99), "max": ms(tally.latency_ok_s)},
     }
 
 
@@ -314,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
-def check(summary: dict[str, Any], max_growth_mb: float) -> list[str]:
+def check(summary: dict[str, Any], max_growth_mb: float | None = None) -> list[str]:
+    """What went wrong in a load run's summary; the memory is checked when it was sampled and a limit given."""
     problems = []
     if summary["unintended"]:
         problems.append(f"{summary['unintended']} responses with an unintended status: "
@@ -325,7 +325,7 @@ def check(summary: dict[str, Any], max_growth_mb: float) -> list[str]:
     if summary["missing_retry_after"]:
         problems.append(f"{summary['missing_retry_after']} 429/503 responses without Retry-After")
     growth = summary.get("memory", {}).get("growth_after_warmup_mib")
-    if growth is not None and growth > max_growth_mb:
+    if growth is not None and max_growth_mb is not None and growth > max_growth_mb:
         problems.append(f"RSS grew {growth} MiB after warm-up (limit {max_growth_mb})")
     if summary.get("after_load") and summary["after_load"] != {"respond": 200, "readyz": 200}:
         problems.append(f"server unhealthy after the load: {summary['after_load']}")

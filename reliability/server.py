@@ -1,17 +1,20 @@
-"""A live server for tests, benchmarks and the reliability tools: a free loopback port, the readiness poll,
-``python -m app serve`` as a child process, and its memory. The one home of each (tests/app, benchmarks/serve.py,
-benchmarks/loop_stall.py and reliability/ use these)."""
+"""A live server for tests, benchmarks and the reliability tools: a free loopback port, the readiness poll, an
+app under uvicorn in a thread of this process, ``python -m app serve`` as a child process, and its memory. The
+one home of each (tests, benchmarks/, reliability/ and scripts/ use these)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -29,13 +32,15 @@ class NotReady(RuntimeError):
 
 
 def wait_ready(url: str, timeout: float = 120.0, alive: Callable[[], bool] = lambda: True,
-               why: Callable[[], str] = lambda: "") -> None:
+               why: Callable[[], str] = lambda: "", get: Callable[[str], Any] | None = None) -> None:
     """Poll GET {url}/readyz until it answers 200. Raises NotReady when ``alive()`` turns false or ``timeout``
-    seconds pass, with ``why()`` (a log tail, say) in the message."""
+    seconds pass, with ``why()`` (a log tail, say) in the message. ``get``: another client's get (a
+    TestClient's, with url "")."""
+    get = get or (lambda u: httpx.get(u, timeout=2))
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if get(f"{url}/readyz").status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -44,6 +49,25 @@ def wait_ready(url: str, timeout: float = 120.0, alive: Callable[[], bool] = lam
         if time.monotonic() > deadline:
             raise NotReady(f"server at {url} not ready after {timeout:g} s{why()}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, timeout: float = 120.0) -> Iterator[str]:
+    """``app`` (ASGI) under uvicorn in a daemon thread of this process, on a free loopback port: yields its URL
+    once /readyz answers 200, and stops the server after."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, timeout, alive=thread.is_alive)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def rss_bytes(pid: int) -> int:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,33 +24,12 @@ sys.path.insert(0, str(REPO))
 
 @contextlib.contextmanager
 def serve(bundle: Path | None) -> Iterator[str]:
-    import httpx
-    import uvicorn
-
     from app.main import create_app
     from app.settings import Settings
+    from reliability.server import serve_in_thread
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = Settings(bundle=bundle, port=port, torch_threads=1, api_key=None)
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise SystemExit("the server did not become ready")
-        time.sleep(0.1)
-    try:
+    with serve_in_thread(create_app(Settings(bundle=bundle, torch_threads=1, api_key=None))) as url:
         yield url
-    finally:
-        srv.should_exit = True
-        thread.join(10)
 
 
 def chromium():

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from reliability.words import sentence
+
 # Tiny models run faster on one thread, and two OpenMP threads on two busy cores thrash.
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-_WORDS = ("hello hi how are you fine thanks good morning what is your name my name is anna bob "
-          "do like tea coffee yes no maybe sure where going home work today tomorrow see later").split()
 
 
 def shared_data(name: str) -> Path:
@@ -34,7 +34,7 @@ def write_synthetic_corpus(folder: Path, dialogs: int = 24, seed: int = 0) -> Pa
     for split, k in (("train", dialogs), ("valid", max(2, dialogs // 6)), ("test", max(2, dialogs // 6))):
         with open(folder / f"{split}.jsonl", "w") as f:
             for _ in range(k):
-                turns = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 7))).capitalize() + "."
+                turns = [sentence(rng, 2, 7).capitalize() + "."
                          for _ in range(rng.randint(2, 6))]
                 f.write(json.dumps({"turns": turns}) + "\n")
     return folder

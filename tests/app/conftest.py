@@ -13,14 +13,11 @@ from model.bundle import save_bundle
 from model.config import preset
 from model.cvae import CVAE
 from model.tokenizer import Tokenizer
-
-WORDS = ("hello hi how are you fine thanks good morning what is your name my name is anna bob "
-         "do like tea coffee yes no maybe sure where going home work today tomorrow see later").split()
-
+from reliability.words import sentence
 
 def synthetic_sentences(k: int = 60, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(k)]
+    return [sentence(rng, 3, 9) for _ in range(k)]
 
 
 def build_tiny_bundle(out: Path) -> Path:
@@ -76,55 +73,15 @@ def client(make_client) -> Iterator:
 def make_server(make_settings):
     """make_server(**settings) -> the URL of a live uvicorn server (in a thread, on a free port) on the tiny
     bundle, once /readyz answers 200; every server it started stops after the test."""
-    import socket
-    import threading
-
-    import uvicorn
-
     from app.main import create_app
+    from reliability.server import serve_in_thread
 
-    stack = contextlib.ExitStack()
-
-    def make(**overrides) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        srv = uvicorn.Server(uvicorn.Config(create_app(make_settings(port=port, **overrides)), host="127.0.0.1",
-                                            port=port, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        stack.callback(thread.join, 10)
-        stack.callback(setattr, srv, "should_exit", True)
-        url = f"http://127.0.0.1:{port}"
-        wait_url_ready(url, timeout=20, alive=thread.is_alive)
-        return url
-
-    with stack:
-        yield make
+    with contextlib.ExitStack() as stack:
+        yield lambda **overrides: stack.enter_context(serve_in_thread(create_app(make_settings(**overrides)), 20))
 
 
 def wait_ready(client, timeout: float = 10.0) -> None:
-    import time
+    """Until the app behind a TestClient is ready (reliability.server.wait_ready through the client)."""
+    from reliability.server import wait_ready as poll
 
-    t0 = time.monotonic()
-    while client.get("/readyz").status_code != 200:
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("app never became ready")
-        time.sleep(0.01)
-
-
-def wait_url_ready(url: str, timeout: float = 30.0, alive=lambda: True) -> None:
-    """Poll GET {url}/readyz until it answers 200; fail if ``alive()`` turns false or time runs out."""
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert alive() and time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.05)
+    poll("", timeout, get=client.get)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import wait_url_ready
+from reliability.server import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,12 +20,6 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOG_")}
     return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_help():
@@ -76,7 +69,7 @@ def test_serve_and_stop_by_signal(tiny_bundle, sig):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_url_ready(url, timeout=120, alive=lambda: proc.poll() is None)
+        wait_ready(url, 120, alive=lambda: proc.poll() is None)
         r = httpx.post(f"{url}/respond", json={"context": ["hi"], "n": 2}, timeout=10)
         assert r.status_code == 200 and r.json()["n_returned"] >= 1
         proc.send_signal(sig)
@@ -113,7 +106,7 @@ def test_make_serve_stops_without_a_make_error(tiny_bundle, tmp_path, sig):
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        wait_url_ready(f"http://127.0.0.1:{port}", timeout=120, alive=lambda: proc.poll() is None)
+        wait_ready(f"http://127.0.0.1:{port}", 120, alive=lambda: proc.poll() is None)
         if sig == signal.SIGINT:
             os.killpg(proc.pid, sig)  # what Ctrl-C does: the whole foreground group
         else:

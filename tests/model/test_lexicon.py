@@ -9,9 +9,9 @@ from model.cvae import CVAE
 from model.decoding import decode
 from model.lexicon import Lexicon, PieceConstraint, _Piece, words
 from model.tokenizer import Tokenizer
+from reliability.words import WORDS
 
-VOCAB = ("hello hi how are you fine thanks good morning what is your name my name is anna bob do like tea "
-         "coffee yes no maybe sure where going home work today tomorrow see later don't it's I'm").split()
+VOCAB = [*WORDS, "don't", "it's", "I'm"]
 
 
 def corpus(k=400, seed=0):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-WORDS = ("hello hi how are you fine thanks good morning what is your name my name is anna bob "
-         "do like tea coffee yes no maybe sure where going home work today tomorrow see later").split()
+from reliability.words import sentence
+
 
 
 def build_bundle(out: Path, name: str = "tiny", seed: int = 0, **overrides) -> Path:
@@ -20,7 +20,7 @@ def build_bundle(out: Path, name: str = "tiny", seed: int = 0, **overrides) -> P
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) for _ in range(60)]
+    texts = [sentence(rng, 3, 9) for _ in range(60)]
     tokenizer = Tokenizer.train(texts, vocab_size=64)
     model = CVAE(preset("tiny", vocab_size=tokenizer.vocab_size, **{"max_decode_len": 12, **overrides})).eval()
     save_bundle(out, model, tokenizer, name=name, text_style="plain")
