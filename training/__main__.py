@@ -99,6 +99,9 @@ def _humaneval(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .report import compare
 
+    missing = [d for d in args.runs if not Path(d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"compare: not a run folder: {', '.join(missing)}")
     notes = Path(args.notes_file).read_text() if args.notes_file else args.notes
     compare([Path(d) for d in args.runs], Path(args.out), title=args.title, notes=notes)
     return 0
@@ -187,11 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_humaneval)
 
     c = sub.add_parser("compare", help="report comparing runs: report.md, report.json, plots")
-    c.add_argument("runs", nargs="+", help="run folders")
-    c.add_argument("--out", required=True)
+    c.add_argument("runs", nargs="+", help="run folders (metrics.jsonl, config.json, eval/test.json when evaluated)")
+    c.add_argument("--out", required=True, help="folder for report.md, report.json and the plots")
     c.add_argument("--title")
-    c.add_argument("--notes")
-    c.add_argument("--notes-file")
+    notes = c.add_mutually_exclusive_group()
+    notes.add_argument("--notes", help="text put verbatim under Notes")
+    notes.add_argument("--notes-file", help="file whose text is put verbatim under Notes")
     c.set_defaults(func=_compare)
 
     from .synthetic import build_parser as synthetic_parser

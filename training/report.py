@@ -1,4 +1,5 @@
-"""The `compare` report over training runs: a markdown table, a JSON summary and plots.
+"""The `compare` report over training runs (`python -m training compare`): a markdown table, a JSON summary and
+plots.
 
 A run directory holds `metrics.jsonl` (training rows; validation rows carry "split": "valid"), `config.json`
 (the resolved training config) and optionally `eval/test.json` (the evaluator's output). `compare` reads
@@ -8,7 +9,6 @@ runs on shared axes (the layout of Fu et al. 2019, fig. 1) and validation rc_ppl
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -412,20 +412,3 @@ def _by_schedule(runs: dict[str, dict]) -> dict[str, dict]:
         out[kind] = entry
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`compare RUN_DIR ... --out DIR [--title T] [--notes TEXT | --notes-file PATH]`."""
-    parser = argparse.ArgumentParser(prog="compare", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (metrics.jsonl, config.json)")
-    parser.add_argument("--out", type=Path, required=True, help="directory for report.md, report.json, PNGs")
-    parser.add_argument("--title")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--notes", help="text put verbatim under Notes")
-    group.add_argument("--notes-file", type=Path, help="file whose text is put verbatim under Notes")
-    args = parser.parse_args(argv)
-    notes = args.notes_file.read_text() if args.notes_file else args.notes
-    missing = [str(d) for d in args.run_dirs if not d.is_dir()]
-    if missing:
-        parser.error("not a directory: " + ", ".join(missing))
-    compare(args.run_dirs, args.out, title=args.title, notes=notes)
-    return 0

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from training.report import compare, main
+from training.__main__ import main
+from training.report import compare
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = 200
@@ -133,13 +134,17 @@ def test_compare_survives_empty_run_dir(tmp_path):
     assert (tmp_path / "out" / "kl.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_main_cli(runs, tmp_path):
+def test_compare_cli(runs, tmp_path, capsys):
+    """`python -m training compare`, the one entry point of the report."""
     notes_file = tmp_path / "notes.md"
     notes_file.write_text("seed 7 only\n")
-    assert main([str(r) for r in runs] + ["--out", str(tmp_path / "cli"), "--notes-file", str(notes_file)]) == 0
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "cli"), "--notes-file", str(notes_file)]) == 0
     assert "seed 7 only" in (tmp_path / "cli" / "report.md").read_text()
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
+    assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: compare: not a run folder: {tmp_path / 'missing'}"
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):  # one kind of notes at a time
+        main(["compare", str(runs[0]), "--out", str(tmp_path / "y"), "--notes", "a", "--notes-file", str(notes_file)])
 
 
 def test_mutual_information_is_shown_beside_its_ceiling(tmp_path):
