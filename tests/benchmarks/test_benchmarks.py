@@ -62,3 +62,24 @@ def test_percentile_and_summary():
 
 def test_contexts_fall_back_without_data(tmp_path):
     assert load_contexts(str(tmp_path / "missing")) == FALLBACK_CONTEXTS
+
+
+def test_decode_step_cli_counts_one_host_read_per_step(tmp_path):
+    from benchmarks.decode_step import main
+    from tests.app.conftest import build_tiny_bundle
+
+    out = main(["--bundle", str(build_tiny_bundle(tmp_path / "tiny")), "--rows", "1,3", "--repeats", "1",
+                "--json", str(tmp_path / "d.json")])
+    assert [(r["rows"], r["strategy"], r["lexicon"]) for r in out["results"]] == [
+        (rows, s, lex) for rows in (1, 3) for s, lex in (("greedy", True), ("greedy", False), ("sample", True))]
+    assert all(r["host_reads_per_step"] == 1 and r["steps"] >= 1 for r in out["results"])
+    assert (tmp_path / "d.json").read_text().startswith("{")
+
+
+def test_loop_stall_cli_runs_maximum_size_requests(tmp_path):
+    from benchmarks.loop_stall import main
+    from tests.app.conftest import build_tiny_bundle
+
+    out = main(["--bundle", str(build_tiny_bundle(tmp_path / "tiny")), "--requests", "1,2", "--repeats", "1"])
+    assert [r["requests"] for r in out["results"]] == [1, 2]
+    assert all(r["body_bytes"] > 20_000 and r["loop_cpu_ms"] > 0 for r in out["results"])
