@@ -67,6 +67,7 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("max_candidates", int, "most candidates one request may decode"),
     ("mmi_weight", float, "weight of the term against generic replies (0: likelihood only)"),
     ("diversity", float, "weight of the similarity penalty between chosen replies"),
+    ("anti_lm", str, "probes or reply_lm: how the term against generic replies estimates log p(reply)"),
 ]
 
 
@@ -129,7 +130,8 @@ def respond_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dedupe", dest="dedupe", action="store_false")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize", "lexicon", "rerank",
-                   "candidates_per_reply", "max_candidates", "mmi_weight", "diversity", "latent_temperature"})
+                   "candidates_per_reply", "max_candidates", "mmi_weight", "diversity", "latent_temperature",
+                   "anti_lm"})
     return p
 
 

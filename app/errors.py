@@ -129,6 +129,9 @@ def _openai_response(e: OpenAIError) -> JSONResponse:
                         headers=dict(e.headers) if e.headers else None)
 
 
+UNDECODABLE_BODY = "There was an error parsing the body"  # Starlette's detail when the JSON decoder raises
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,6 +141,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:
+        if exc.status_code == 400 and exc.detail == UNDECODABLE_BODY:
+            # Starlette's own 400 for a body json.loads cannot read (e.g. not UTF-8): the same answer as any
+            # other body that is not JSON (422 on /respond, 400 invalid_json on /v1)
+            return await _validation(request, RequestValidationError([{
+                "type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error: the body is not UTF-8 JSON",
+                "input": {}, "ctx": {"error": "the body is not UTF-8 JSON"}}]))
         if not is_openai_path(request.url.path):
             return await http_exception_handler(request, exc)
         message = str(exc.detail)

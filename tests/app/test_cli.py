@@ -119,3 +119,15 @@ def test_make_serve_stops_without_a_make_error(tiny_bundle, tmp_path, sig):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_every_setting_has_its_flag():
+    """The README: settings come from DIALOG_* variables "or the same flags of python -m app"."""
+    from app.__main__ import SERVE_FLAGS, respond_parser, serve_parser
+    from app.settings import Settings
+
+    flags = {name for name, _, _ in SERVE_FLAGS}
+    assert set(Settings.model_fields) - flags == {"warmup"}  # warmup is --no-warmup
+    args = serve_parser().parse_args(["--anti-lm", "reply_lm", "--no-warmup"])
+    assert args.anti_lm == "reply_lm" and args.warmup is False
+    assert respond_parser().parse_args(["hi", "--anti-lm", "probes"]).anti_lm == "probes"

@@ -72,6 +72,10 @@ def test_non_finite_latents_422(client, value):
 def test_invalid_json_422(client):
     r = client.post("/respond", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
+    # a body that is not even UTF-8 gets the same answer, not Starlette's bare 400
+    r = client.post("/respond", content=b'{"context": ["\xff\xfe"]}', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "json_invalid" and "UTF-8" in r.json()["detail"][0]["msg"]
 
 
 def test_huge_turn_gives_small_error_body(client):

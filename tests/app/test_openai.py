@@ -233,6 +233,8 @@ def test_neutral_values_of_unsupported_parameters_are_accepted(client):
 def test_malformed_bodies(client):
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert error(r, 400)["code"] == "invalid_json"
+    r = client.post("/v1/chat/completions", content=b'{"model": "\xff"}', headers={"content-type": "application/json"})
+    assert error(r, 400)["code"] == "invalid_json" and "UTF-8" in error(r, 400)["message"]
     r = client.post("/v1/chat/completions", content=b"[]", headers={"content-type": "application/json"})
     assert error(r, 400)["param"] is None
     r = client.post("/v1/chat/completions", content=b"{}", headers={"content-type": "text/plain"})
