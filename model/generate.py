@@ -73,14 +73,15 @@ class AntiLM:
         if not distinct:
             return [0.0] * len(tokens)
         if self.reply_lm is not None and self.kind == "reply_lm":
-            scores = dict(zip(distinct, self.reply_lm.logprobs(distinct)))
-            return [scores.get(tuple(t), 0.0) for t in tokens]
-        B, K = len(distinct), self.cond.shape[0]
-        cond = self.cond.repeat_interleave(B, 0)  # (K * B, Dc): probe-major
-        z = self.z.repeat_interleave(B, 0)
-        lp = torch.tensor(decoding.sequence_logprob(self.model, cond, z, [list(t) for t in distinct] * K),
-                          dtype=torch.float64)
-        scores = dict(zip(distinct, (torch.logsumexp(lp.view(K, B), dim=0) - math.log(K)).tolist()))
+            values = self.reply_lm.logprobs(distinct)
+        else:
+            B, K = len(distinct), self.cond.shape[0]
+            cond = self.cond.repeat_interleave(B, 0)  # (K * B, Dc): probe-major
+            z = self.z.repeat_interleave(B, 0)
+            lp = torch.tensor(decoding.sequence_logprob(self.model, cond, z, [list(t) for t in distinct] * K),
+                              dtype=torch.float64)
+            values = (torch.logsumexp(lp.view(K, B), dim=0) - math.log(K)).tolist()
+        scores = dict(zip(distinct, values))
         return [scores.get(tuple(t), 0.0) for t in tokens]
 
 

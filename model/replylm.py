@@ -1,7 +1,8 @@
 """log p(r): a bigram language model of the training replies over SentencePiece pieces, for the reranker's
-anti-language-model term (model.rerank). It replaces a neural estimate (the decoder run over a few "any
-context" probes), which cost a teacher-forced pass over (candidates x probes) rows through the vocabulary
-projection per request: here a reply's log-probability is a few table lookups.
+anti-language-model term (model.rerank), an alternative to the default neural estimate (the decoder run over
+a few "any context" probes, a teacher-forced pass over (candidates x probes) rows through the vocabulary
+projection per request): here a reply's log-probability is a few table lookups. Blind raters judged the
+replies it chose less sensible than the default's (docs/quality.md), so it is an option (DIALOG_ANTI_LM).
 
 Interpolated Kneser-Ney (Chen and Goodman 1998, the bigram case), one absolute discount D = n1 / (n1 + 2 n2)
 from the counts of bigrams seen once and twice:

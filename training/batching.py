@@ -84,17 +84,23 @@ class EncodedDialog:
     meta: dict[str, list[float]]  # speaker -> vector
 
 
+def encode_turns(dialogs: list[Dialog], tokenizer: Tokenizer, style: str) -> list[list[int]]:
+    """Every turn of every dialog, normalised and tokenised, in order."""
+    return tokenizer.encode_batch([normalize(t.text, style) for d in dialogs for t in d.turns])
+
+
 class ExampleSet:
-    """All (dialog, response turn) examples of a split, tokenised once."""
+    """All (dialog, response turn) examples of a split, tokenised once (``ids``: encode_turns of the same
+    dialogs, when the caller has them already)."""
 
     def __init__(self, dialogs: list[Dialog], tokenizer: Tokenizer, style: str, vocabs: Vocabs,
-                 max_context_turns: int, max_utt_len: int):
+                 max_context_turns: int, max_utt_len: int, ids: list[list[int]] | None = None):
         self.max_context_turns = max_context_turns
         self.vocabs = vocabs
         topic_index = {t: i for i, t in enumerate(vocabs.topics)}
         act_index = {a: i for i, a in enumerate(vocabs.acts)}
-        texts = [normalize(t.text, style) for d in dialogs for t in d.turns]
-        ids = tokenizer.encode_batch(texts)
+        if ids is None:
+            ids = encode_turns(dialogs, tokenizer, style)
         self.dialogs: list[EncodedDialog] = []
         self.examples: list[tuple[int, int]] = []
         marker = marker_turn(tokenizer.dialog_start_id)

@@ -33,7 +33,7 @@ from model.text import normalize
 from model.tokenizer import Tokenizer
 
 from . import checkpoint as ckpt
-from .batching import BatchStream, ExampleSet, Vocabs
+from .batching import BatchStream, ExampleSet, Vocabs, encode_turns
 from .config import RunConfig
 from .data import read_sources
 from .evaluate import posterior_metrics
@@ -120,7 +120,8 @@ class Trainer:
         self._barrier()
         self.tokenizer = Tokenizer.load(tok_path)
         self.lexicon = build_lexicon(train_dialogs, self.style, cfg.tokenizer.lexicon_min_count)
-        self.reply_lm = build_reply_lm(train_dialogs, self.style, self.tokenizer)
+        train_ids = encode_turns(train_dialogs, self.tokenizer, self.style)  # once, for the reply model and the set
+        self.reply_lm = ReplyLM.build(train_ids, self.tokenizer.vocab_size)
         self.vocabs = Vocabs.build(train_dialogs)
         if cfg.model.overrides.get("kgcvae") and len(self.vocabs.acts) < 2:
             raise RunError(f"model.kgcvae needs dialog-act labels, and the {cfg.data.corpus} training "
@@ -128,7 +129,7 @@ class Trainer:
         mc = cfg.model_config(self.tokenizer.vocab_size, n_topics=len(self.vocabs.topics),
                               meta_dim=self.vocabs.meta_dim, n_acts=len(self.vocabs.acts))
         args = (self.tokenizer, self.style, self.vocabs, cfg.data.max_context_turns, cfg.data.max_utt_len)
-        self.train_set = ExampleSet(train_dialogs, *args)
+        self.train_set = ExampleSet(train_dialogs, *args, ids=train_ids)
         self.valid_set = ExampleSet(valid_dialogs, *args)
         if len(self.train_set) == 0:
             raise RunError("the training split has no examples")
@@ -332,8 +333,7 @@ def build_lexicon(dialogs: list, style: str, min_count: int) -> Lexicon | None:
 
 def build_reply_lm(dialogs: list, style: str, tokenizer: Tokenizer) -> ReplyLM:
     """The reranker's model of replies (model.replylm): every turn of a training split, as pieces."""
-    return ReplyLM.build(tokenizer.encode_batch([normalize(t.text, style) for d in dialogs for t in d.turns]),
-                         tokenizer.vocab_size)
+    return ReplyLM.build(encode_turns(dialogs, tokenizer, style), tokenizer.vocab_size)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
