@@ -91,6 +91,7 @@ class LoopConfig:
     bucket: bool = True  # batch examples of similar length together (less padding)
     export_dtype: str = "float32"  # float32 | float16 weights in the exported bundle
     export: str = "best"  # best (lowest validation ELBO) | last: which weights the bundle gets
+    export_best: bool = False  # also write bundle-best/ with the lowest-validation-ELBO weights (for studies)
 
 
 @dataclass(frozen=True)

@@ -279,17 +279,22 @@ class Trainer:
         bundle = self.out / "bundle"
         if self.is_main:
             self.export(bundle)
+            if self.cfg.train.export_best and (self.out / "best.safetensors").exists():
+                self.export(self.out / "bundle-best", which="best")
         self._barrier()
         return bundle
 
-    def export(self, bundle: Path) -> None:
+    def export(self, bundle: Path, which: str | None = None) -> None:
+        """Write a bundle with the weights ``which`` names (default: train.export): "best", the lowest
+        validation ELBO (the last step where no validation ran yet), or "last"."""
         lc = self.cfg.train
-        if lc.export not in ("best", "last") or lc.export_dtype not in ("float32", "float16"):
+        which = which or lc.export
+        if which not in ("best", "last") or lc.export_dtype not in ("float32", "float16"):
             raise RunError("train.export must be best or last, train.export_dtype float32 or float16")
         best = self.out / "best.safetensors"
         model = CVAE(self.model.cfg)
         selected, how = self.step, "last step"
-        if lc.export == "best" and best.exists():
+        if which == "best" and best.exists():
             with safe_open(str(best), framework="pt") as f:
                 selected = int((f.metadata() or {}).get("step", -1))
             model.load_state_dict(load_file(str(best)))
