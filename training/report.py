@@ -112,6 +112,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     config = _read_json(run_dir / "config.json") or {}
     train, valid = read_metrics(run_dir / "metrics.jsonl")
     final_valid = {k: v for k, v in valid[-1].items() if k != "split"} if valid else {}
+    scored = [r for r in valid if _is_number(r.get("elbo")) and math.isfinite(r["elbo"])]
+    best_valid = {k: v for k, v in min(scored, key=lambda r: r["elbo"]).items() if k != "split"} if scored else {}
+    train_cfg = config["train"] if isinstance(config.get("train"), dict) else {}
     return {
         "dir": str(run_dir),
         "config": config,
@@ -120,8 +123,12 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         "train": train,
         "valid": valid,
         "final_valid": final_valid,
+        "best_valid": best_valid,
         "last_train": train[-1] if train else {},
+        "seed": train_cfg.get("seed"),
         "test": _read_json(run_dir / "eval" / "test.json"),
+        # the bundle of the lowest validation ELBO (train.export_best), evaluated beside the exported one
+        "test_best": _read_json(run_dir / "eval" / "test-best.json"),
     }
 
 
@@ -324,20 +331,12 @@ def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: s
     else:
         lines.append(f"No run has eval/test.json: {NOT_EVALUATED}.")
 
-    by = _by_schedule(runs)
-    if len(by) < len(runs):  # several seeds per schedule: show means
-        kinds = list(by)
-        for part, label in (("final_valid", "final validation"), ("test", "test")):
-            means: list[Any] = [by[k].get(f"{part}_mean") for k in kinds]
-            if not all(means):
-                continue
-            order = VALID_ORDER if part == "final_valid" else TEST_ORDER
-            keys = [k for k in _ordered_keys(means, order) if k not in ("step", "beta", "seed")]
-            lines += ["", f"## Mean over seeds: {label}", ""]
-            body = [[k] + [f"{fmt(by[kd][f'{part}_mean'][k])} ({fmt(by[kd][f'{part}_min'][k])} to "
-                           f"{fmt(by[kd][f'{part}_max'][k])})" for kd in kinds] for k in keys]
-            lines += _table(["metric", *[f"{k} ({len(by[k]['runs'])} runs): mean (min to max)" for k in kinds]],
-                            body, numeric=False)
+    groups = _groups(runs)
+    if len(groups) < len(runs):  # several seeds of one config: mean and spread, then the paired comparison
+        lines += _group_tables(groups)
+    paired = _paired(runs, groups)
+    if paired:
+        lines += _paired_tables(paired)
 
     lines += ["", "## Plots", ""]
     captions = {
@@ -371,6 +370,7 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
     runs: dict[str, dict] = {}
     for (run_dir, run), base, seed in zip(loaded, names, seeds):
         config = run["config"]
+        run["group"] = _run_name(config, run_dir, set())  # the config's name: its seeds form one group
         same = [s for n, s in zip(names, seeds) if n == base]
         if len(same) > 1 and None not in same and len(set(same)) == len(same):
             config = {**config, "name": f"{base}-s{seed}"}
@@ -384,31 +384,148 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
         "notes": notes,
         "plots": plots,
         "runs": {
-            name: {k: run[k] for k in ("schedule", "model", "dir", "config", "final_valid", "last_train", "test")}
+            name: {k: run[k] for k in ("schedule", "seed", "group", "model", "dir", "config", "final_valid",
+                                       "best_valid", "last_train", "test", "test_best")}
             for name, run in runs.items()
         },
     }
-    report["by_schedule"] = _by_schedule(runs)
+    groups = _groups(runs)
+    report["groups"] = groups
+    report["paired"] = _paired(runs, groups)
     report = _json_safe(report)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     log.info("wrote %s", out_dir / "report.md")
     return report
 
 
-def _by_schedule(runs: dict[str, dict]) -> dict[str, dict]:
-    """Mean and spread over the runs (seeds) of each schedule, for the final validation and the
-    test metrics: {kind: {"runs": [...], "test_mean": {...}, "test_min": ..., "final_valid_mean": ...}}."""
+PARTS = (
+    ("final_valid", "final validation (last step)"),
+    ("best_valid", "validation at the lowest validation ELBO"),
+    ("test", "test, the exported bundle"),
+    ("test_best", "test, the lowest-validation-ELBO weights (train.export_best)"),
+)  # fmt: skip
+# Metrics where lower is better; the paired tables say which schedule is ahead on these and on the higher-is-
+# better BLEU and distinct-n. KL, active units and MI are reported as measured, without a side.
+LOWER_BETTER = ("rc_ppl", "rc_nll", "rc_loss", "elbo", "bow_loss", "act_loss")
+HIGHER_BETTER_PREFIXES = ("bleu", "distinct")
+SKIP_STATS = ("step", "beta", "seed", "n_contexts", "n_responses", "n_tokens", "n_samples", "latent_dim", "mi_ceiling")
+
+
+def _numeric_keys(dicts: list[dict]) -> list[str]:
+    return [k for k in (dicts[0] if dicts else {}) if k not in SKIP_STATS
+            and all(_is_number(d.get(k)) and math.isfinite(d[k]) for d in dicts)]
+
+
+def _groups(runs: dict[str, dict]) -> dict[str, dict]:
+    """The runs of each config (its seeds) with mean, standard deviation (n - 1), min and max of every metric
+    of each part: {group: {"schedule", "runs", "seeds", "test_mean": {...}, "test_std": ..., ...}}."""
     out: dict[str, dict] = {}
-    for kind in dict.fromkeys(r["schedule"] for r in runs.values()):
-        members = [n for n, r in runs.items() if r["schedule"] == kind]
-        entry: dict[str, Any] = {"runs": members}
-        for part in ("test", "final_valid"):
-            dicts = [runs[n][part] for n in members if runs[n][part]]
-            keys = [k for k in (dicts[0] if dicts else {}) if all(_is_number(d.get(k)) for d in dicts)]
-            if dicts and keys:
-                entry[f"{part}_mean"] = {k: float(np.mean([d[k] for d in dicts])) for k in keys}
-                entry[f"{part}_min"] = {k: float(np.min([d[k] for d in dicts])) for k in keys}
-                entry[f"{part}_max"] = {k: float(np.max([d[k] for d in dicts])) for k in keys}
-        out[kind] = entry
+    for group in dict.fromkeys(r.get("group", n) for n, r in runs.items()):
+        members = [n for n, r in runs.items() if r.get("group", n) == group]
+        entry: dict[str, Any] = {"schedule": runs[members[0]]["schedule"], "runs": members,
+                                 "seeds": [runs[n].get("seed") for n in members]}
+        for part, _ in PARTS:
+            dicts = [runs[n][part] for n in members if runs[n].get(part)]
+            keys = _numeric_keys(dicts)
+            if not dicts or not keys:
+                continue
+            entry[f"{part}_n"] = len(dicts)
+            values = {k: np.array([d[k] for d in dicts], dtype=float) for k in keys}
+            entry[f"{part}_mean"] = {k: float(v.mean()) for k, v in values.items()}
+            entry[f"{part}_std"] = {k: float(v.std(ddof=1)) if len(v) > 1 else None for k, v in values.items()}
+            entry[f"{part}_min"] = {k: float(v.min()) for k, v in values.items()}
+            entry[f"{part}_max"] = {k: float(v.max()) for k, v in values.items()}
+        out[group] = entry
     return out
 
+
+def paired_test(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Paired comparison of a and b (one pair per seed): mean and standard deviation of a - b, Student's paired
+    t statistic and its two-sided p-value (scipy.stats.ttest_rel, n - 1 degrees of freedom; None when every
+    difference is the same), and on how many pairs a > b."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = x - y
+    out: dict[str, Any] = {"n": len(d), "mean_diff": float(d.mean()),
+                           "std_diff": float(d.std(ddof=1)) if len(d) > 1 else None,
+                           "a_greater": int((d > 0).sum()), "t": None, "p": None}
+    if len(d) > 1 and np.ptp(d) > 0:
+        res = stats.ttest_rel(x, y)
+        out["t"], out["p"] = float(res.statistic), float(res.pvalue)
+    return out
+
+
+def _paired(runs: dict[str, dict], groups: dict[str, dict]) -> dict[str, Any] | None:
+    """With exactly two groups that share at least two seeds: paired_test of every metric, pairing runs by
+    seed, for each part both groups have. None otherwise."""
+    if len(groups) != 2:
+        return None
+    (ga, ea), (gb, eb) = groups.items()
+    by_seed_a = {runs[n].get("seed"): runs[n] for n in ea["runs"]}
+    by_seed_b = {runs[n].get("seed"): runs[n] for n in eb["runs"]}
+    seeds = [s for s in by_seed_a if s is not None and s in by_seed_b]
+    if len(seeds) < 2:
+        return None
+    out: dict[str, Any] = {"a": ga, "b": gb, "seeds": seeds}
+    for part, _ in PARTS:
+        pa: list[dict] = [by_seed_a[s].get(part) or {} for s in seeds]
+        pb: list[dict] = [by_seed_b[s].get(part) or {} for s in seeds]
+        if not all(pa) or not all(pb):
+            continue
+        keys = [k for k in _numeric_keys(pa) if k in _numeric_keys(pb)]
+        out[part] = {k: paired_test([d[k] for d in pa], [d[k] for d in pb]) for k in keys}
+    return out
+
+
+def _side(key: str, mean_diff: float, a: str, b: str) -> str:
+    """Which of a, b the mean difference favours on a metric with a better direction, else ""."""
+    if mean_diff == 0:
+        return "even"
+    if key in LOWER_BETTER:
+        return a if mean_diff < 0 else b
+    if key.startswith(HIGHER_BETTER_PREFIXES):
+        return a if mean_diff > 0 else b
+    return ""
+
+
+def _group_tables(groups: dict[str, dict]) -> list[str]:
+    lines: list[str] = []
+    names = list(groups)
+    for part, label in PARTS:
+        present = [g for g in names if groups[g].get(f"{part}_mean")]
+        if not present:
+            continue
+        order = VALID_ORDER if "valid" in part else TEST_ORDER
+        keys = _ordered_keys([groups[g][f"{part}_mean"] for g in present], order)
+        lines += ["", f"## Mean ± standard deviation over seeds: {label}", ""]
+        body = []
+        for k in keys:
+            row = [k]
+            for g in present:
+                mean, std = groups[g][f"{part}_mean"].get(k), groups[g][f"{part}_std"].get(k)
+                row.append(f"{fmt(mean)} ± {fmt(std)}" if std is not None else fmt(mean))
+            body.append(row)
+        header = [f"{g} ({groups[g][f'{part}_n']} seeds)" for g in present]
+        lines += _table(["metric", *header], body, numeric=False)
+    return lines
+
+
+def _paired_tables(paired: dict[str, Any]) -> list[str]:
+    a, b = paired["a"], paired["b"]
+    lines: list[str] = []
+    for part, label in PARTS:
+        if part not in paired:
+            continue
+        order = VALID_ORDER if "valid" in part else TEST_ORDER
+        stats_ = paired[part]
+        keys = [k for k in _ordered_keys([{k: 0.0 for k in stats_}], order) if k in stats_]
+        lines += ["", f"## Paired across seeds {', '.join(map(str, paired['seeds']))}: {a} minus {b}, {label}", ""]
+        body = [[k, f"{fmt(st['mean_diff'])} ± {fmt(st['std_diff'])}", fmt(st["t"]), fmt(st["p"]),
+                 f"{st['a_greater']} of {st['n']}", _side(k, st["mean_diff"], a, b)] for k, st in
+                ((k, stats_[k]) for k in keys)]
+        lines += _table(["metric", "difference: mean ± sd", "paired t", "p (two-sided)", f"{a} higher on",
+                         "ahead (mean)"], body, numeric=False)
+    lines += ["", f"The paired t-test has n - 1 = {len(paired['seeds']) - 1} degrees of freedom; with so few seeds "
+              "only a consistent difference reaches a small p."]
+    return lines

@@ -82,6 +82,26 @@ def test_bundle_reload_gives_identical_outputs(synthetic_corpus, tmp_path):
         assert torch.equal(a.model.prior(a.model.encode(batch))[0], b.model.prior(b.model.encode(batch))[0])
 
 
+def test_export_best_writes_the_lowest_validation_elbo_weights_beside_the_last(synthetic_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(synthetic_corpus, run, "train.export=last", "train.export_best=true") == 0
+    valid = [r for r in rows(run) if r.get("split") == "valid"]
+    best_step = min(valid, key=lambda r: r["elbo"])["step"]
+    last, best = load_bundle(run / "bundle"), load_bundle(run / "bundle-best")
+    assert (last.extra["training"]["selected_step"], last.extra["training"]["selected_by"]) == (24, "last step")
+    assert best.extra["training"]["selected_step"] == best_step
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    for k, v in best.model.state_dict().items():
+        assert torch.equal(v, saved[k].to(v.dtype)), k
+    weights = {k[6:]: v for k, v in final_weights(run).items()}
+    for k, v in last.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    # without the flag only bundle/ is written
+    assert train_cli(synthetic_corpus, tmp_path / "plain", "train.export=last") == 0
+    assert not (tmp_path / "plain" / "bundle-best").exists()
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_corpus, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     extra = ("train.steps=40", "train.ckpt_every=5", "train.eval_every=20")

@@ -120,7 +120,53 @@ def test_runs_of_one_config_with_different_seeds_are_named_by_seed(tmp_path):
         runs.append(run)
     report = compare(runs, tmp_path / "out")
     assert list(report["runs"]) == ["swda-s1-cyclical", "swda-s2-cyclical"]
-    assert report["by_schedule"]["cyclical"]["runs"] == ["swda-s1-cyclical", "swda-s2-cyclical"]
+    assert report["groups"]["swda-cyclical"]["runs"] == ["swda-s1-cyclical", "swda-s2-cyclical"]
+    assert report["groups"]["swda-cyclical"]["seeds"] == [1, 2]
+    assert [r["seed"] for r in report["runs"].values()] == [1, 2]
+
+
+def _seeded(root, name, kind, seed, test, best=None):
+    run = make_run(root, f"{name}-{seed}", name, kind, cyclical_beta, test=test)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["seed"] = seed
+    (run / "config.json").write_text(json.dumps(cfg))
+    if best is not None:
+        (run / "eval" / "test-best.json").write_text(json.dumps(best))
+    return run
+
+
+def test_seeds_give_mean_and_spread_and_a_paired_test_by_seed(tmp_path):
+    """Three seeds of two configs: per config mean and sample standard deviation; per metric the paired t-test
+    of the differences by seed (values worked by hand), on the last-step and on the best-ELBO evaluation."""
+    ppl_a, ppl_b = (30.0, 32.0, 31.0), (33.0, 34.0, 36.0)  # differences -3, -2, -5
+    runs = [_seeded(tmp_path, "swda-cyclical", "cyclical", s, {**TEST_METRICS, "rc_ppl": a},
+                    best={**TEST_METRICS, "rc_ppl": a + 1}) for s, a in zip((1, 2, 3), ppl_a)]
+    runs += [_seeded(tmp_path, "swda-monotonic", "monotonic", s, {**TEST_METRICS, "rc_ppl": b},
+                     best={**TEST_METRICS, "rc_ppl": b}) for s, b in ((3, ppl_b[2]), (1, ppl_b[0]), (2, ppl_b[1]))]
+    report = compare(runs, tmp_path / "out")
+    g = report["groups"]
+    assert list(g) == ["swda-cyclical", "swda-monotonic"]
+    assert g["swda-cyclical"]["test_mean"]["rc_ppl"] == pytest.approx(31.0)
+    assert g["swda-cyclical"]["test_std"]["rc_ppl"] == pytest.approx(1.0)  # sample sd of 30, 32, 31
+    assert g["swda-monotonic"]["test_mean"]["rc_ppl"] == pytest.approx(103 / 3)
+    assert g["swda-cyclical"]["test_best_mean"]["rc_ppl"] == pytest.approx(32.0)
+    st = report["paired"]["test"]["rc_ppl"]
+    # paired by seed: seed 1 30 - 33, seed 2 32 - 34, seed 3 31 - 36 -> -3, -2, -5
+    mean, sd = -10 / 3, math.sqrt(((1 / 3) ** 2 + (4 / 3) ** 2 + (5 / 3) ** 2) / 2)
+    assert st["mean_diff"] == pytest.approx(mean)
+    assert st["std_diff"] == pytest.approx(sd)
+    assert st["t"] == pytest.approx(mean / (sd / math.sqrt(3)))
+    t = abs(st["t"])
+    assert st["p"] == pytest.approx(1 - t / math.sqrt(t * t + 2))  # Student's t with 2 degrees of freedom
+    assert st["a_greater"] == 0 and st["n"] == 3
+    assert report["paired"]["seeds"] == [1, 2, 3]
+    assert report["paired"]["test"]["kl"]["t"] is None  # every difference 0: no t statistic
+    assert "test_best" in report["paired"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Mean ± standard deviation over seeds: test, the exported bundle" in md
+    assert "| rc_ppl | 31.0000 ± 1.0000 |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| rc_ppl | -3.3333"))
+    assert row.rstrip().endswith("| 0 of 3 | swda-cyclical |")
 
 
 def test_compare_survives_empty_run_dir(tmp_path):
@@ -159,7 +205,7 @@ def test_mutual_information_is_shown_beside_its_ceiling(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
     assert cells == ["7.6300 (ceiling 8.7900)", "8.7000 (ceiling 8.7900, saturated)",
                      "4.2024 (per-batch estimate: at most about log of the batch size, 4.16 for 64)"]
-    assert "| mi_ceiling |" not in md.split("## Mean over seeds")[0]  # beside the value, not a row of its own
+    assert "| mi_ceiling |" not in md.split("## Mean ± standard deviation")[0]  # beside the value, not a row of its own
 
 
 def test_runs_table_names_the_model_variant(tmp_path):
