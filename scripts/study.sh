@@ -43,7 +43,7 @@ if [ "${1:-}" = "--report" ]; then
             --title "$corpus: cyclical vs monotonic at equal budget, 3 seeds (cpu preset, 2,000 steps)" \
             --notes-file docs/results/study-$corpus/notes.md
     done
-    $PY -m training compare "$RUNS"/ablate/* --out docs/results/study-ablations \
+    $PY -m training compare "$RUNS"/ablate/* --out docs/results/study-ablations --against cycles --against ratio \
         --title "SwDA ablations: cycles M, increasing proportion R, constant and monotonic beta (cpu preset, 1,000 steps)" \
         --notes-file docs/results/study-ablations/notes.md
     exit 0

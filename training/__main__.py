@@ -103,7 +103,7 @@ def _compare(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"compare: not a run folder: {', '.join(missing)}")
     notes = Path(args.notes_file).read_text() if args.notes_file else args.notes
-    compare([Path(d) for d in args.runs], Path(args.out), title=args.title, notes=notes)
+    compare([Path(d) for d in args.runs], Path(args.out), title=args.title, notes=notes, against=args.against)
     return 0
 
 
@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     notes = c.add_mutually_exclusive_group()
     notes.add_argument("--notes", help="text put verbatim under Notes")
     notes.add_argument("--notes-file", help="file whose text is put verbatim under Notes")
+    c.add_argument("--against", action="append", default=[], metavar="KEY",
+                   help="also plot the test metrics against this schedule setting (cycles, ratio, shape, ...; "
+                        "repeatable): against-KEY.png, with the runs of other schedule kinds as flat lines")
     c.set_defaults(func=_compare)
 
     from .synthetic import build_parser as synthetic_parser

@@ -346,15 +346,19 @@ def _markdown(title: str, runs: dict[str, dict], plots: dict[str, str], notes: s
         "valid": "validation rc_ppl and KL against the step",
     }
     for key, file in plots.items():
-        lines += [f"![{captions.get(key, key)}]({file})", ""]
+        caption = captions.get(key) or (f"test metrics (exported bundle) against schedule.{key[8:]}; dashed: the runs of "
+                                        "other schedule kinds" if key.startswith("against-") else key)
+        lines += [f"![{caption}]({file})", ""]
 
     if notes:
         lines += ["## Notes", "", notes.rstrip("\n"), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes: str | None = None) -> dict:
-    """Compare training runs: writes out_dir/report.md, report.json and beta/kl/rc_loss/valid PNGs.
+def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes: str | None = None,
+            against: list[str] | None = None) -> dict:
+    """Compare training runs: writes out_dir/report.md, report.json and beta/kl/rc_loss/valid PNGs, and for each
+    schedule setting in `against` a plot of the test metrics against it (:func:`sweep`).
 
     Returns the report.json content: {"title", "notes", "plots", "runs": {name: {"schedule", "model", "dir", "config",
     "final_valid", "last_train", "test"}}}, with test None for a run without eval/test.json and NaN as None.
@@ -378,6 +382,9 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
     title = title or "Run comparison: " + " vs ".join(runs)
 
     plots = write_plots(runs, out_dir)
+    sweeps = {key: sweep(runs, key) for key in against or []}
+    for key, points in sweeps.items():
+        plots[f"against-{key}"] = _plot_sweep(points, key, out_dir / f"against-{key}.png")
     (out_dir / "report.md").write_text(_markdown(title, runs, plots, notes))
     report = {
         "title": title,
@@ -389,6 +396,8 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
             for name, run in runs.items()
         },
     }
+    if sweeps:
+        report["sweeps"] = sweeps
     groups = _groups(runs)
     report["groups"] = groups
     report["paired"] = _paired(runs, groups)
@@ -396,6 +405,71 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     log.info("wrote %s", out_dir / "report.md")
     return report
+
+
+SWEEP_METRICS = ("rc_ppl", "kl", "elbo", "active_units", "bleu4_recall", "distinct2_intra")
+
+
+def sweep(runs: dict[str, dict], key: str) -> dict[str, Any]:
+    """The runs that vary one schedule setting with the others fixed, for a plot of the metrics against it.
+
+    Among the runs of the schedule kind whose `key` takes more than one value, the points are those whose other
+    schedule settings are the most common combination (the centre of a one-at-a-time ablation); every run of
+    another kind is a reference. Returns {"kind", "fixed": {...}, "points": [{"run", "x", "test"}],
+    "references": [{"run", "schedule", "test"}]}, points sorted by x.
+    """
+    def settings(run: dict) -> dict:
+        sched = run["config"].get("schedule")
+        return sched if isinstance(sched, dict) else {}
+
+    kinds = [k for k in dict.fromkeys(r["schedule"] for r in runs.values())
+             if len({repr(settings(r).get(key)) for r in runs.values() if r["schedule"] == k}) > 1]
+    if not kinds:
+        raise ValueError(f"--against {key}: no schedule kind has runs with different schedule.{key}")
+    kind = kinds[0]
+    members = {n: r for n, r in runs.items() if r["schedule"] == kind}
+    others = {n: tuple(sorted((k, repr(v)) for k, v in settings(r).items() if k != key)) for n, r in members.items()}
+    common = max(dict.fromkeys(others.values()), key=list(others.values()).count)
+    fixed = {k: settings(members[next(n for n in members if others[n] == common)])[k] for k, _ in common}
+    points = sorted(({"run": n, "x": settings(r).get(key), "test": r["test"]} for n, r in members.items()
+                     if others[n] == common), key=lambda p: p["x"])
+    refs = [{"run": n, "schedule": _schedule_text(r["config"]), "test": r["test"]}
+            for n, r in runs.items() if r["schedule"] != kind]
+    return {"kind": kind, "fixed": {k: v for k, v in fixed.items() if k != "kind"}, "points": points,
+            "references": refs}
+
+
+def _plot_sweep(points: dict[str, Any], key: str, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in SWEEP_METRICS if any(_is_number((p["test"] or {}).get(m)) for p in points["points"])]
+    if not metrics:
+        raise ValueError(f"--against {key}: the runs have no test metrics (eval/test.json) to plot")
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        pts = [(p["x"], p["test"][metric]) for p in points["points"] if _is_number((p["test"] or {}).get(metric))]
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", color="C0", label=points["kind"])
+        for i, ref in enumerate(points["references"]):
+            value = (ref["test"] or {}).get(metric)
+            if _is_number(value):
+                ax.axhline(value, color=f"C{i + 1}", linestyle="--", linewidth=1, label=ref["run"])
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if key in ("cycles",):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks([x for x, _ in pts], [str(x) for x, _ in pts])
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fixed = ", ".join(f"{k}={v}" for k, v in points["fixed"].items())
+    fig.suptitle(f"{points['kind']} against {key} ({fixed})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
 
 
 PARTS = (

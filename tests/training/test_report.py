@@ -216,3 +216,31 @@ def test_runs_table_names_the_model_variant(tmp_path):
     report = compare([run], tmp_path / "out")
     assert report["runs"]["swda-cyclical"]["model"] == "kgCVAE (legacy), zhao preset"
     assert "| kgCVAE (legacy), zhao preset |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_against_plots_a_one_at_a_time_ablation(tmp_path):
+    """--against cycles takes the cyclical runs at the most common other settings (R = 0.5), not the R sweep's
+    runs; --against ratio the runs at M = 4; the monotonic run is a reference line in both."""
+    grid = [(1, 0.5), (2, 0.5), (4, 0.5), (8, 0.5), (4, 0.25), (4, 1.0)]
+    runs = []
+    for m, r in grid:
+        run = make_run(tmp_path, f"m{m}-r{r}", f"m{m}-r{r}", "cyclical", cyclical_beta,
+                       test={**TEST_METRICS, "rc_ppl": 30.0 + m + r})
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["schedule"].update(cycles=m, ratio=r)
+        (run / "config.json").write_text(json.dumps(cfg))
+        runs.append(run)
+    runs.append(make_run(tmp_path, "mono", "mono", "monotonic", monotonic_beta, test=TEST_METRICS))
+    report = compare(runs, tmp_path / "out", against=["cycles", "ratio"])
+    by_m = report["sweeps"]["cycles"]
+    assert [p["x"] for p in by_m["points"]] == [1, 2, 4, 8]
+    assert [p["test"]["rc_ppl"] for p in by_m["points"]] == [31.5, 32.5, 34.5, 38.5]
+    assert by_m["fixed"]["ratio"] == 0.5 and [r["run"] for r in by_m["references"]] == ["mono-monotonic"]
+    by_r = report["sweeps"]["ratio"]
+    assert [(p["x"], p["run"]) for p in by_r["points"]] == [(0.25, "m4-r0.25-cyclical"), (0.5, "m4-r0.5-cyclical"),
+                                                              (1.0, "m4-r1.0-cyclical")]
+    for key in ("cycles", "ratio"):
+        assert (tmp_path / "out" / f"against-{key}.png").read_bytes()[:8] == PNG_MAGIC
+        assert f"](against-{key}.png)" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ValueError, match="no schedule kind has runs with different schedule.shape"):
+        compare(runs, tmp_path / "out2", against=["shape"])
