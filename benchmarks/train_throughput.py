@@ -146,7 +146,7 @@ def run_variant(trainer: Any, variant: str, warmup: int, steps: int) -> dict[str
     total = warmup + steps
     flops: dict[str, int] = {}
     n_resp = n_ctx = 0
-    elapsed = 0.0
+    elapsed = data_s = 0.0
     for i in range(total):
         t = i + 1
         beta = beta_at(t, lc.steps, cfg.schedule)
@@ -154,6 +154,7 @@ def run_variant(trainer: Any, variant: str, warmup: int, steps: int) -> dict[str
             g["lr"] = lr_at(t, lc.steps, lc.lr, cfg.schedule)
         t0 = time.perf_counter()
         batch = trainer.train_set.batch(stream.indices(i))
+        t_data = time.perf_counter() - t0
         out = forward(model, batch) if variant == "padded" else forward(batch)
         loss = out["rc_loss"] + beta * out["kl"] + out["bow_loss"] + out["act_loss"]
         opt.zero_grad(set_to_none=True)
@@ -164,6 +165,7 @@ def run_variant(trainer: Any, variant: str, warmup: int, steps: int) -> dict[str
         dt = time.perf_counter() - t0
         if i >= warmup:
             elapsed += dt
+            data_s += t_data
             for k, v in batch_flops(model.cfg, batch).items():
                 flops[k] = flops.get(k, 0) + v
             n_resp += int((batch.resp_lens - 1).sum())
@@ -172,7 +174,7 @@ def run_variant(trainer: Any, variant: str, warmup: int, steps: int) -> dict[str
     return {"variant": variant, "steps": steps, "seconds": elapsed, "batches_per_s": steps / elapsed,
             "resp_tokens_per_s": n_resp / elapsed, "ctx_tokens_per_s": n_ctx / elapsed,
             "gflop_per_batch": 3 * fwd / steps / 1e9, "useful_gflops": 3 * fwd / elapsed / 1e9,
-            "flop_share": {k: v / fwd for k, v in flops.items()}}
+            "data_fraction": data_s / elapsed, "flop_share": {k: v / fwd for k, v in flops.items()}}
 
 
 def profile_step(trainer: Any, steps: int = 3) -> str:
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cvae-bench"),
                    help="folder for the cached tokenizer")
     p.add_argument("--profile", action="store_true", help="also print a torch.profiler table of the optimized step")
+    p.add_argument("--batch-sizes", default="",
+                   help="also time the optimized step at these batch sizes (comma-separated): tokens/s against batch size")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -242,11 +246,23 @@ def main(argv: list[str] | None = None) -> int:
                        "useful_gflops", "peak_fraction", "speedup_vs_padded"]))
     share = rows[0]["flop_share"]
     print("\nFLOP share (forward, real tokens): " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
+    print("batch collation (data pipeline) share of the step: "
+          + ", ".join(f"{r['variant']} {100 * r['data_fraction']:.1f}%" for r in rows))
+    by_batch = []
+    for size in (int(b) for b in args.batch_sizes.split(",") if b.strip()):
+        t = _trainer(args.config, [*args.set, f"train.batch_size={size}"], Path(args.work))
+        r = run_variant(t, "optimized", args.warmup, args.steps)
+        by_batch.append({"batch_size": size, **{k: r[k] for k in ("batches_per_s", "resp_tokens_per_s",
+                         "ctx_tokens_per_s", "useful_gflops", "data_fraction")}, "peak_fraction": r["useful_gflops"] / peak})
+    if by_batch:
+        print("\noptimized step against the batch size:")
+        print(table(by_batch, ["batch_size", "batches_per_s", "resp_tokens_per_s", "ctx_tokens_per_s", "useful_gflops",
+                               "peak_fraction", "data_fraction"]))
     prof = profile_step(trainer) if args.profile else None
     if prof:
         print("\n" + prof)
     write_json(args.json, {"machine": info, "config": run_cfg, "matmul_peak_gflops": peak,
-                           "matmul_peak_bf16_gflops": peak_bf16, "results": rows,
+                           "matmul_peak_bf16_gflops": peak_bf16, "results": rows, "by_batch_size": by_batch,
                            "profile": prof})
     return 0
 
