@@ -1,6 +1,7 @@
 """The training loop: explicit, resumable, rank-0 logging, optional DistributedDataParallel.
 
-The objective is rc_loss + beta(t) * kl + bow_loss (+ act_loss for kgCVAE); beta comes from the
+The objective is rc_loss + beta(t) * kl + w * bow_loss (+ act_loss for kgCVAE), w = train.bow_weight (1 by
+default; 0 trains without the bag-of-words loss, which is still logged); beta comes from the
 schedule, a pure function of the step, so a resumed run computes the same values.
 """
 from __future__ import annotations
@@ -228,7 +229,7 @@ class Trainer:
             self.cursor += self.world
             with autocast:
                 out = self.net(batch)
-            loss = out["rc_loss"] + beta * out["kl"] + out["bow_loss"] + out["act_loss"]
+            loss = out["rc_loss"] + beta * out["kl"] + lc.bow_weight * out["bow_loss"] + out["act_loss"]
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)

@@ -102,6 +102,25 @@ def test_export_best_writes_the_lowest_validation_elbo_weights_beside_the_last(s
     assert not (tmp_path / "plain" / "bundle-best").exists()
 
 
+def test_bow_weight_zero_trains_without_the_bag_of_words_loss(synthetic_corpus, tmp_path):
+    """train.bow_weight=0: the bag-of-words head gets no gradient, so it keeps its initial weights (Adam moves
+    nothing with zero gradients) while the rest of the model trains; the loss is still logged. Runs of 1 and
+    24 steps start from the same initial weights."""
+    runs = {}
+    for w, steps in (("0", 1), ("0", 24), ("1", 1), ("1", 24)):
+        run = tmp_path / f"w{w}-{steps}"
+        assert train_cli(synthetic_corpus, run, f"train.bow_weight={w}", f"train.steps={steps}",
+                         "train.eval_every=1000") == 0
+        runs[w, steps] = {k[6:]: v for k, v in final_weights(run).items()}
+    bow = [k for k in runs["0", 1] if k.startswith("bow.")]
+    assert bow and all(torch.equal(runs["0", 1][k], runs["0", 24][k]) for k in bow)
+    assert not any(torch.equal(runs["1", 1][k], runs["1", 24][k]) for k in bow)
+    assert not torch.equal(runs["0", 1]["embedding.weight"], runs["0", 24]["embedding.weight"])
+    assert all(r["bow_loss"] > 0 for r in rows(tmp_path / "w0-24") if r.get("split") != "valid")
+    with pytest.raises(ConfigError, match="train.bow_weight"):
+        load_config("training/configs/tiny.toml", ["train.bow_weight=-1"])
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(synthetic_corpus, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     extra = ("train.steps=40", "train.ckpt_every=5", "train.eval_every=20")
