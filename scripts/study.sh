@@ -11,7 +11,7 @@
 # Runs go two at a time with one torch thread each (two cores); a run that finished is skipped and one that
 # stopped resumes from its checkpoint when the script is started again.
 #   bash scripts/study.sh [RUNS_DIR]      (default runs/study); then the reports:
-#   bash scripts/study.sh --report [RUNS_DIR]
+#   bash scripts/study.sh --report [RUNS_DIR]   (copies each run's record to docs/results/study-runs first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -37,13 +37,25 @@ job() {  # run-dir config steps overrides...: train, then evaluate the last and 
 export -f job
 
 if [ "${1:-}" = "--report" ]; then
+    # Each run's record (config, metrics, test evaluations: a few KB) is kept in docs/results/study-runs, so the
+    # reports rebuild from the repository without the run folders, and the grid can grow from session to session.
     RUNS=${2:-runs/study}
+    REC=docs/results/study-runs
+    for dir in "$RUNS"/core/*/ "$RUNS"/ablate/*/; do
+        [ -f "$dir/eval/test.json" ] || continue
+        rel=${dir#"$RUNS"/}; rel=${rel%/}
+        mkdir -p "$REC/$rel/eval"
+        cp "$dir/config.json" "$dir/metrics.jsonl" "$REC/$rel/"
+        for f in "$dir"/eval/test*.json; do  # the bundle's path as the script names it, not this machine's
+            sed "s#\"[^\"]*/$rel/bundle#\"runs/study/$rel/bundle#" "$f" > "$REC/$rel/eval/$(basename "$f")"
+        done
+    done
     for corpus in swda chitchat; do
-        $PY -m training compare "$RUNS"/core/$corpus-{cyclical,monotonic}-s{1,2,3} --out docs/results/study-$corpus \
+        $PY -m training compare "$REC"/core/$corpus-{cyclical,monotonic}-s{1,2,3} --out docs/results/study-$corpus \
             --title "$corpus: cyclical vs monotonic at equal budget, 3 seeds (cpu preset, 2,000 steps)" \
             --notes-file docs/results/study-$corpus/notes.md
     done
-    $PY -m training compare "$RUNS"/ablate/* --out docs/results/study-ablations --against cycles --against ratio \
+    $PY -m training compare "$REC"/ablate/* --out docs/results/study-ablations --against cycles --against ratio \
         --title "SwDA ablations: cycles M, increasing proportion R, constant and monotonic beta (cpu preset, 1,000 steps)" \
         --notes-file docs/results/study-ablations/notes.md
     exit 0
