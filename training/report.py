@@ -547,7 +547,8 @@ def _paired(runs: dict[str, dict], groups: dict[str, dict]) -> dict[str, Any] | 
         pb: list[dict] = [by_seed_b[s].get(part) or {} for s in seeds]
         if not all(pa) or not all(pb):
             continue
-        keys = [k for k in _numeric_keys(pa) if k in _numeric_keys(pb)]
+        in_b = set(_numeric_keys(pb))
+        keys = [k for k in _numeric_keys(pa) if k in in_b]
         out[part] = {k: paired_test([d[k] for d in pa], [d[k] for d in pb]) for k in keys}
     return out
 
@@ -593,7 +594,7 @@ def _paired_tables(paired: dict[str, Any]) -> list[str]:
             continue
         order = VALID_ORDER if "valid" in part else TEST_ORDER
         stats_ = paired[part]
-        keys = [k for k in _ordered_keys([{k: 0.0 for k in stats_}], order) if k in stats_]
+        keys = [k for k in order if k in stats_] + sorted(set(stats_) - set(order))
         lines += ["", f"## Paired across seeds {', '.join(map(str, paired['seeds']))}: {a} minus {b}, {label}", ""]
         body = [[k, f"{fmt(st['mean_diff'])} ± {fmt(st['std_diff'])}", fmt(st["t"]), fmt(st["p"]),
                  f"{st['a_greater']} of {st['n']}", _side(k, st["mean_diff"], a, b)] for k, st in
