@@ -10,10 +10,16 @@ from pathlib import Path
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .loop import train
+    from .loop import Stopped, train
 
     cfg = load_config(args.config, args.set)
-    bundle = train(cfg, args.out)
+    try:
+        bundle = train(cfg, args.out)
+    except Stopped as e:
+        # Not finished: a non-zero status (128 + the signal, as the shell reports a death by it), so a
+        # supervisor (a Job, a script under set -e) does not take the run for done.
+        print(f"training: {e}; the checkpoint is written and the same command resumes the run", file=sys.stderr)
+        return 128 + e.signum
     logging.getLogger("training").info("done: %s", bundle)
     return 0
 

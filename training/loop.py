@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -45,6 +47,19 @@ log = logging.getLogger("training")
 
 class RunError(RuntimeError):
     pass
+
+
+class Stopped(Exception):
+    """The run was asked to stop (SIGTERM or SIGINT) and wrote a checkpoint at ``step``: the same command
+    resumes it exactly."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.step, self.signum = step, signum
+
+
+# Settings a resumed run may change: they decide how fast the same arithmetic runs, not what it computes.
+RESUME_MAY_CHANGE = ("train.num_threads",)
 
 
 def load_split(cfg: RunConfig, split: str) -> list:
@@ -100,7 +115,7 @@ class Trainer:
             model_saved = saved.get("model")
             if isinstance(model_saved, dict) and model_saved.get("kgcvae") and "kgcvae_style" not in model_saved:
                 model_saved["kgcvae_style"] = "legacy"  # a run started before the field: resume it as it was
-            diff = _diff(saved, resolved)
+            diff = [k for k in _diff(saved, resolved) if k not in RESUME_MAY_CHANGE]
             if diff:
                 hint = (" (a kgCVAE run started before model.kgcvae_style existed is the legacy one: "
                         "--set model.kgcvae_style=legacy)" if "model.kgcvae_style" in diff else "")
@@ -147,6 +162,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self.stream = BatchStream(self.train_set, cfg.train.seed, cfg.train.batch_size, cfg.train.bucket)
         self.step, self.cursor, self.best = 0, 0, math.inf
+        self.cpu_s = self.wall_s = 0.0  # the run's process CPU time and wall time so far, over every resume
         if self.ckpt_path.exists():
             self._resume()
         elif self.is_main:
@@ -164,7 +180,9 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, cached)
+        cpu_s, wall_s = self._clock()
         meta = {"step": self.step, "cursor": self.cursor, "best": self.best, "optimizer": opt_meta,
+                "cpu_s": cpu_s, "wall_s": wall_s,
                 "world": self.world, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
                 "rng_python": repr(random.getstate()),
                 "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
@@ -187,11 +205,29 @@ class Trainer:
         ns = meta["rng_numpy"]
         np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
         self.step, self.cursor, self.best = meta["step"], meta["cursor"], meta["best"]
+        self.cpu_s, self.wall_s = meta.get("cpu_s", 0.0), meta.get("wall_s", 0.0)
         if self.is_main:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
         log.info("resumed from %s at step %d", self.ckpt_path, self.step)
 
     # ----- the loop ---------------------------------------------------------------------------
+    def _clock(self) -> tuple[float, float]:
+        """(CPU seconds of this process, all threads, wall seconds) spent in the loop since step 0, over every
+        resume; what a budget of training time is counted in."""
+        return (self.cpu_s + time.process_time() - self._cpu0, self.wall_s + time.perf_counter() - self._wall0)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop = signum
+
+    def _stop_requested(self) -> int:
+        """The signal that asked this run to stop, 0 if none; under DistributedDataParallel every rank learns
+        of it at the same step (a 1-element all-reduce per step), so all stop together."""
+        if self.world == 1:
+            return self._stop
+        flag = torch.tensor([self._stop], dtype=torch.int64,
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
     def _log(self, row: dict[str, Any]) -> None:
         if not self.is_main:
             return
@@ -218,7 +254,31 @@ class Trainer:
         window: dict[str, Any] = {"rc": 0.0, "kl": 0.0, "bow": 0.0, "act": 0.0, "nll": 0.0, "tok": 0, "n": 0,
                                   "gn": 0.0}  # floats, or tensors on the device between log steps
         t0 = time.perf_counter()
+        self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
+        # SIGTERM (a pause, a pod's eviction) or Ctrl-C: finish the step, checkpoint, stop (Stopped).
+        self._stop = 0
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # Python sets handlers there only
+            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._loop(bar, window, t0, autocast)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, signal.SIG_DFL if h is None else h)
+        bar.close()
+        self._barrier()
+        bundle = self.out / "bundle"
+        if self.is_main:
+            self.export(bundle)
+            if self.cfg.train.export_best and (self.out / "best.safetensors").exists():
+                self.export(self.out / "bundle-best", which="best")
+        self._barrier()
+        return bundle
+
+    def _loop(self, bar: Any, window: dict[str, Any], t0: float, autocast: Any) -> None:
+        cfg, lc = self.cfg, self.cfg.train
+        T = lc.steps
         while self.step < T:
             t = self.step + 1
             beta = beta_at(t, T, cfg.schedule)
@@ -252,6 +312,7 @@ class Trainer:
                        "rc_ppl": math.exp(min(window["nll"] / max(window["tok"], 1), 50)),
                        "grad_norm": window["gn"] / n,
                        "tokens_per_s": window["tok"] * self.world / dt, "batches_per_s": n / dt}
+                row["cpu_s"], row["wall_s"] = (round(x, 2) for x in self._clock())
                 self._log(row)
                 bar.set_postfix(beta=f"{beta:.2f}", rc=f"{row['rc_loss']:.1f}", kl=f"{row['kl']:.2f}")
                 if bar.disable and self.is_main:  # no terminal: a progress line instead of the bar
@@ -263,7 +324,8 @@ class Trainer:
                 window["tok"] = window["n"] = 0
             if self.is_main and (t % lc.eval_every == 0 or t == T):
                 res = self.validate()
-                self._log({"step": t, "split": "valid", "beta": beta, **res})
+                cpu_s, wall_s = (round(x, 2) for x in self._clock())
+                self._log({"step": t, "split": "valid", "beta": beta, "cpu_s": cpu_s, "wall_s": wall_s, **res})
                 log.info("step %d valid: rc_ppl %.2f kl %.3f elbo %.2f", t, res["rc_ppl"], res["kl"],
                          res["elbo"])
                 if res["elbo"] < self.best:
@@ -271,19 +333,14 @@ class Trainer:
                     weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
                     atomic_write(self.out / "best.safetensors", lambda tmp: save_file(
                         weights, str(tmp), metadata={"step": str(t), "elbo": str(res["elbo"])}))
-            if t % lc.ckpt_every == 0 or t == T:
+            stop = self._stop_requested() if t < T else 0
+            if t % lc.ckpt_every == 0 or t == T or stop:
                 self._save()
+            if stop:
+                bar.close()
+                raise Stopped(t, stop)
             if t % lc.log_every == 0:
                 t0 = time.perf_counter()
-        bar.close()
-        self._barrier()
-        bundle = self.out / "bundle"
-        if self.is_main:
-            self.export(bundle)
-            if self.cfg.train.export_best and (self.out / "best.safetensors").exists():
-                self.export(self.out / "bundle-best", which="best")
-        self._barrier()
-        return bundle
 
     def export(self, bundle: Path, which: str | None = None) -> None:
         """Write a bundle with the weights ``which`` names (default: train.export): "best", the lowest
