@@ -3,6 +3,8 @@ errors, /v1/models), and the mapping to the engine's decoding through the app (T
 the same request on /respond."""
 from __future__ import annotations
 
+import runpy
+import sys
 import threading
 import time
 
@@ -12,8 +14,6 @@ import model.decoding
 from app.routes.openai_api import decoding_of
 from model.inputs import serving_context
 from model.text import normalize
-
-openai = pytest.importorskip("openai", reason="the dev extra installs the openai client")
 
 USER = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "how are you"}]
@@ -33,6 +33,11 @@ def respond(client, **body):
     return r.json()
 
 
+def openai_client():
+    """The official client, for the live-server tests only: without it the in-process tests still run."""
+    return pytest.importorskip("openai", reason="the dev extra installs the openai client")
+
+
 def error(r, status: int) -> dict:
     assert r.status_code == status, r.text
     body = r.json()
@@ -43,6 +48,7 @@ def error(r, status: int) -> dict:
 # ----- the live server, through the official client ------------------------------------------------------
 
 def test_openai_client_gets_n_different_choices_that_replay_by_seed(make_server):
+    openai = openai_client()
     url = make_server(max_batch_rows=1, max_wait_ms=0)  # batching off: replay is bit-exact (README)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     for extra in ({}, {"temperature": 0.9, "top_p": 0.95}):  # greedy tokens; token sampling
@@ -65,6 +71,7 @@ def test_openai_client_gets_n_different_choices_that_replay_by_seed(make_server)
 
 
 def test_openai_client_models_auth_and_errors(make_server):
+    openai = openai_client()
     url = make_server(api_key=KEY)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list().data] == ["tiny"]
@@ -239,6 +246,16 @@ def test_malformed_bodies(client):
     assert error(r, 400)["param"] is None
     r = client.post("/v1/chat/completions", content=b"{}", headers={"content-type": "text/plain"})
     assert error(r, 415)["code"] == "unsupported_media_type"
+
+
+def test_without_the_openai_client_only_the_client_tests_skip(monkeypatch):
+    """This module imports without the openai package (the in-process tests need none); the client tests skip."""
+    monkeypatch.setitem(sys.modules, "openai", None)  # what `import openai` meets when it is not installed
+    tests = runpy.run_path(__file__)
+    for name in ("test_openai_client_gets_n_different_choices_that_replay_by_seed",
+                 "test_openai_client_models_auth_and_errors"):
+        with pytest.raises(pytest.skip.Exception, match="openai client"):
+            tests[name](make_server=None)
 
 
 def test_body_limit_413(make_client):
