@@ -1,5 +1,8 @@
 """Error bodies: FastAPI's usual 422 shape, but never echoing a huge input back; on the OpenAI-compatible
-routes (/v1/...), OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with 400 for invalid input."""
+routes (/v1/...), OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with 400 for invalid input.
+
+Every error body goes through :func:`encodable`: JSON lets a client send a lone surrogate (``"\\ud800"``), which
+a Python string holds but UTF-8 cannot encode, and an error that echoes it must still render."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +21,30 @@ log = logging.getLogger(__name__)
 MAX_ERRORS = 10
 MAX_STR = 80
 MAX_ITEMS = 5
+
+
+def encodable(value: Any) -> Any:
+    """``value`` with every string (dict keys included, at any depth) made encodable as UTF-8: a lone
+    surrogate becomes its escape, written out (``\\ud800``), so the reader sees what was sent."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, (list, tuple)):
+        out = [encodable(v) for v in value]
+        return out if isinstance(value, list) else tuple(out)
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    return value
+
+
+class ErrorResponse(JSONResponse):
+    """A JSONResponse that can render whatever a client sent, however it echoes it back."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(encodable(content))
 
 
 def shrink(value: Any, depth: int = 0) -> Any:
@@ -125,8 +152,8 @@ def openai_validation_error(errors: list[dict[str, Any]]) -> OpenAIError:
 
 
 def _openai_response(e: OpenAIError) -> JSONResponse:
-    return JSONResponse(openai_error(e.status, e.message, e.param, e.code), status_code=e.status,
-                        headers=dict(e.headers) if e.headers else None)
+    return ErrorResponse(openai_error(e.status, e.message, e.param, e.code), status_code=e.status,
+                         headers=dict(e.headers) if e.headers else None)
 
 
 UNDECODABLE_BODY = "There was an error parsing the body"  # Starlette's detail when the JSON decoder raises
@@ -137,7 +164,7 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         if is_openai_path(request.url.path):
             return _openai_response(openai_validation_error(list(exc.errors())))
-        return JSONResponse(validation_body(list(exc.errors())), status_code=422)
+        return ErrorResponse(validation_body(list(exc.errors())), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:
@@ -148,7 +175,8 @@ def install(app: FastAPI) -> None:
                 "type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error: the body is not UTF-8 JSON",
                 "input": {}, "ctx": {"error": "the body is not UTF-8 JSON"}}]))
         if not is_openai_path(request.url.path):
-            return await http_exception_handler(request, exc)
+            return await http_exception_handler(
+                request, StarletteHTTPException(exc.status_code, encodable(exc.detail), exc.headers))
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"unknown URL: {request.method} {request.url.path}"
@@ -159,3 +187,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def _openai(request: Request, exc: OpenAIError) -> JSONResponse:
         return _openai_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Last resort (Starlette's outermost middleware, which still logs the traceback and re-raises): the
+        # client gets the API's JSON shape and the request id to report, not a plain-text 500.
+        rid = getattr(request.state, "request_id", None)
+        message = f"internal error (request id {rid})" if rid else "internal error"
+        if is_openai_path(request.url.path):
+            return _openai_response(OpenAIError(500, message))
+        return ErrorResponse({"detail": message}, status_code=500)

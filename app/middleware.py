@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import is_openai_path, openai_error
+from .errors import encodable, is_openai_path, openai_error
 from .metrics import Metrics
 
 access_log = logging.getLogger("app.access")
@@ -127,7 +127,7 @@ async def _send_error(send: Send, scope: Scope, status: int, message: str, rid: 
 
 
 async def _send_json(send: Send, status: int, content: Any) -> None:
-    body = json.dumps(content).encode()
+    body = json.dumps(encodable(content), ensure_ascii=False).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

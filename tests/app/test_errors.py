@@ -78,6 +78,50 @@ def test_invalid_json_422(client):
     assert r.json()["detail"][0]["type"] == "json_invalid" and "UTF-8" in r.json()["detail"][0]["msg"]
 
 
+JSON = {"content-type": "application/json"}
+# JSON's escape of a lone surrogate: a Python string holds it, UTF-8 cannot encode it
+SURROGATE = "\\ud800"
+
+
+@pytest.mark.parametrize("raw, loc, echoed", [
+    ('{"context": ["%s hello"]}' % SURROGATE, ["body", "context", 0], "\\ud800 hello"),
+    ('{"context": ["hi"], "strategy": "%s"}' % SURROGATE, ["body", "strategy"], "\\ud800"),
+    ('{"context": ["hi"], "n": "%s"}' % SURROGATE, ["body", "n"], "\\ud800"),
+    ('{"context": ["hi"], "%s": 1}' % SURROGATE, ["body"], "\\ud800"),  # as a field name
+], ids=["turn", "strategy", "wrong-type", "field-name"])
+def test_lone_surrogate_422_echoes_it_escaped(client, raw, loc, echoed):
+    """The 422 echoes the input; a lone surrogate in it is written out as its escape, not a 500."""
+    r = client.post("/respond", content=raw.encode(), headers=JSON)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/json"
+    err = next(e for e in r.json()["detail"] if e["loc"] == loc)
+    assert err["input"] == echoed
+
+
+def test_encodable():
+    from app.errors import encodable
+
+    bad = "\ud800 x"
+    assert encodable({"a": [bad, ("b", bad)], bad: 1, "n": 2.5}) == {
+        "a": ["\\ud800 x", ("b", "\\ud800 x")], "\\ud800 x": 1, "n": 2.5}
+    ok = {"a": ["h\u00e9llo \U0001f600"]}
+    assert encodable(ok) == ok
+
+
+def test_an_unexpected_error_gets_json_with_the_request_id(make_settings, monkeypatch):
+    """The last resort: a handler that fails still answers in the API's shape, with the id to report."""
+    import app.errors
+
+    def broken(errors):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.errors, "validation_body", broken)
+    with TestClient(create_app(make_settings(warmup=False)), raise_server_exceptions=False) as c:
+        r = c.post("/respond", json={"n": 0})
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        assert r.json()["detail"].startswith("internal error (request id ")
+
+
 def test_huge_turn_gives_small_error_body(client):
     r = client.post("/respond", json={"context": ["word " * 20_000], "n": 0})  # 100 kB
     assert r.status_code == 422

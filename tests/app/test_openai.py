@@ -258,6 +258,22 @@ def test_without_the_openai_client_only_the_client_tests_skip(monkeypatch):
             tests[name](make_server=None)
 
 
+SURROGATE = "\\ud800"  # JSON's escape of a lone surrogate, which UTF-8 cannot encode
+
+
+@pytest.mark.parametrize("raw, param", [
+    ('{"model": "tiny", "messages": [{"role": "user", "content": "%s hello"}]}' % SURROGATE, "messages.0.content"),
+    ('{"model": "%s", "messages": [{"role": "user", "content": "hi"}]}' % SURROGATE, "model"),
+    ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": "%s"}' % SURROGATE,
+     "temperature"),
+    ('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "%s": 1}' % SURROGATE, None),
+], ids=["content", "model", "wrong-type", "parameter-name"])
+def test_lone_surrogate_400(client, raw, param):
+    r = client.post("/v1/chat/completions", content=raw.encode(), headers={"content-type": "application/json"})
+    e = error(r, 400)
+    assert e["param"] == param and e["type"] == "invalid_request_error"
+
+
 def test_body_limit_413(make_client):
     with make_client(max_body_bytes=1024) as c:
         big = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 2000}]}
