@@ -156,7 +156,17 @@ def _openai_response(e: OpenAIError) -> JSONResponse:
                          headers=dict(e.headers) if e.headers else None)
 
 
-UNDECODABLE_BODY = "There was an error parsing the body"  # Starlette's detail when the JSON decoder raises
+UNDECODABLE_BODY = "There was an error parsing the body"  # FastAPI's detail when reading the JSON body raises
+
+
+def undecodable_reason(exc: BaseException) -> str:
+    """What was wrong with a body FastAPI could not read as JSON (its 400 is raised from the decoder's error)."""
+    cause = exc.__cause__
+    if isinstance(cause, RecursionError):
+        return "the JSON is nested too deeply"  # valid JSON, deeper than Python's decoder recurses
+    if isinstance(cause, UnicodeError):
+        return "the body is not UTF-8 JSON"
+    return "the body cannot be read as JSON"
 
 
 def install(app: FastAPI) -> None:
@@ -169,11 +179,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:
         if exc.status_code == 400 and exc.detail == UNDECODABLE_BODY:
-            # Starlette's own 400 for a body json.loads cannot read (e.g. not UTF-8): the same answer as any
-            # other body that is not JSON (422 on /respond, 400 invalid_json on /v1)
+            # FastAPI's own 400 for a body json.loads raised on with something other than a JSONDecodeError
+            # (not UTF-8, nested too deeply): the same answer as any other body that is not JSON (422 on
+            # /respond, 400 invalid_json on /v1), saying which
+            reason = undecodable_reason(exc)
             return await _validation(request, RequestValidationError([{
-                "type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error: the body is not UTF-8 JSON",
-                "input": {}, "ctx": {"error": "the body is not UTF-8 JSON"}}]))
+                "type": "json_invalid", "loc": ("body", 0), "msg": f"JSON decode error: {reason}",
+                "input": {}, "ctx": {"error": reason}}]))
         if not is_openai_path(request.url.path):
             return await http_exception_handler(
                 request, StarletteHTTPException(exc.status_code, encodable(exc.detail), exc.headers))

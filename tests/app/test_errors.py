@@ -122,6 +122,15 @@ def test_an_unexpected_error_gets_json_with_the_request_id(make_settings, monkey
         assert r.json()["detail"].startswith("internal error (request id ")
 
 
+@pytest.mark.parametrize("raw", ["[" * 100_000 + "]" * 100_000,
+                                 '{"context": %s}' % ("[" * 100_000 + "]" * 100_000)], ids=["body", "field"])
+def test_json_nested_too_deeply_422_says_so(client, raw):
+    r = client.post("/respond", content=raw.encode(), headers=JSON)
+    assert r.status_code == 422, r.text
+    err = r.json()["detail"][0]
+    assert err["type"] == "json_invalid" and "nested too deeply" in err["msg"] and "UTF-8" not in err["msg"]
+
+
 def test_huge_turn_gives_small_error_body(client):
     r = client.post("/respond", json={"context": ["word " * 20_000], "n": 0})  # 100 kB
     assert r.status_code == 422

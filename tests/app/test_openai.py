@@ -274,6 +274,15 @@ def test_lone_surrogate_400(client, raw, param):
     assert e["param"] == param and e["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("raw", ["[" * 100_000 + "]" * 100_000,
+                                 '{"model": "tiny", "messages": %s}' % ("[" * 100_000 + "]" * 100_000)],
+                         ids=["body", "field"])
+def test_json_nested_too_deeply_400_says_so(client, raw):
+    r = client.post("/v1/chat/completions", content=raw.encode(), headers={"content-type": "application/json"})
+    e = error(r, 400)
+    assert e["code"] == "invalid_json" and "nested too deeply" in e["message"] and "UTF-8" not in e["message"]
+
+
 def test_body_limit_413(make_client):
     with make_client(max_body_bytes=1024) as c:
         big = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 2000}]}
