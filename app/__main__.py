@@ -12,21 +12,42 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, cast
 
 from .settings import Settings
 
-def _seed(text: str) -> int:
-    from model.decoding import SEED_MOD
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < SEED_MOD:
-        raise argparse.ArgumentTypeError(f"a seed is between 0 and {SEED_MOD - 1}, got {value}")
-    return value
+def _request_value(name: str, number: type[int] | type[float]) -> tuple[Callable[[str], Any], str]:
+    """The argparse type of ``respond``'s flag for the request field ``name``, and its range in words: a
+    number within that field's bounds in app.schemas.RespondRequestBase (read from the schema, so the command
+    refuses what the API refuses, with one line and exit status 2, before any model is loaded)."""
+    import annotated_types as at
+    from pydantic import TypeAdapter, ValidationError
+
+    from .schemas import RespondRequestBase
+
+    metadata = RespondRequestBase.model_fields[name].metadata
+    adapter: TypeAdapter[Any] = TypeAdapter(cast(Any, Annotated)[(number, *metadata)])
+
+    def parse(text: str) -> Any:
+        try:
+            value = number(text)
+        except ValueError:
+            kind = "a whole number" if number is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        try:
+            adapter.validate_python(value)
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(f"{e.errors()[0]['msg'].removeprefix('Input ')}, got {text}") from None
+        return value
+
+    def show(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    words = {at.Gt: ("gt", "above"), at.Ge: ("ge", "at least"), at.Lt: ("lt", "below"), at.Le: ("le", "at most")}
+    bounds = [f"{words[type(m)][1]} {show(getattr(m, words[type(m)][0]))}" for m in metadata if type(m) in words]
+    return parse, ", ".join(bounds)
 
 
 def _bool(text: str) -> bool:
@@ -71,11 +92,12 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
 ]
 
 
-def _add_flags(p: argparse.ArgumentParser, names: set[str] | None = None) -> None:
+def _add_flags(p: argparse.ArgumentParser, names: set[str] | None = None,
+               types: dict[str, Callable[[str], Any]] | None = None) -> None:
     for name, typ, help_ in SERVE_FLAGS:
         if names is None or name in names:
             env = f"DIALOG_{name.upper()}"
-            p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+            p.add_argument("--" + name.replace("_", "-"), dest=name, type=(types or {}).get(name, typ), default=None,
                            help=f"{help_} [env {env}]")
 
 
@@ -83,12 +105,14 @@ class UsageError(Exception):
     """A setting the program cannot run with: printed as one line, exit status 2."""
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+def _settings(args: argparse.Namespace, names: set[str] | None = None, **extra: Any) -> Settings:
+    """Settings from the flags ``names`` (default: every setting's flag) over the environment."""
     from pydantic import ValidationError
 
     from model.files import DeviceError, pick_device
 
-    given = {k: v for k, v in vars(args).items() if k in {f[0] for f in SERVE_FLAGS} and v is not None}
+    names = {f[0] for f in SERVE_FLAGS} if names is None else names
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     try:
         settings = Settings(**given, **extra)  # init arguments take precedence over the environment
     except ValidationError as e:
@@ -116,22 +140,39 @@ def serve_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The settings ``respond`` takes as flags. Not max_tokens: its --max-tokens is the request's (as on /respond),
+# under the DIALOG_MAX_TOKENS limit.
+RESPOND_SETTINGS = {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize", "lexicon", "rerank",
+                    "candidates_per_reply", "max_candidates", "mmi_weight", "diversity", "latent_temperature",
+                    "anti_lm"}
+
+
 def respond_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m app respond",
                                 description="Print replies to a dialog context, without a server.")
+    # A flag that is a field of the request takes the values the API takes (app.schemas); the server's limits
+    # (--max-n, DIALOG_MAX_TOKENS, the model's max_decode_len) are then checked as the server checks them.
+    flags = {name: _request_value(name, number) for name, number in (
+        ("n", int), ("seed", int), ("temperature", float), ("top_k", int), ("top_p", float), ("max_tokens", int),
+        ("latent_temperature", float))}
+
+    def request_flag(flag: str, name: str, default: Any, help_: str) -> None:
+        check, bounds = flags[name]
+        p.add_argument(flag, dest=name, type=check, default=default, help=f"{help_} ({bounds})")
+
     p.add_argument("turns", nargs="+", help="the dialog so far, oldest turn first (one argument per turn)")
-    p.add_argument("-n", type=int, default=5, help="number of replies (default 5)")
-    p.add_argument("--seed", type=_seed, default=None, help="0 to 2^63 - 2, as the API takes")
+    request_flag("-n", "n", 5, "number of replies, default 5")
+    request_flag("--seed", "seed", None, "the same seed gives the same replies; default: a random one")
     p.add_argument("--strategy", choices=("greedy", "sample"), default="greedy")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=None)
+    request_flag("--temperature", "temperature", 1.0, "sampling: the token temperature, default 1")
+    request_flag("--top-k", "top_k", 0, "sampling: keep the k likeliest tokens, default 0 (all)")
+    request_flag("--top-p", "top_p", 1.0, "sampling: keep the likeliest tokens of this total probability, "
+                                           "default 1 (all)")
+    request_flag("--max-tokens", "max_tokens", None, "tokens per reply, default and most: the smaller of "
+                                                     "DIALOG_MAX_TOKENS and the model's max_decode_len")
     p.add_argument("--no-dedupe", dest="dedupe", action="store_false")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_flags(p, {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize", "lexicon", "rerank",
-                   "candidates_per_reply", "max_candidates", "mmi_weight", "diversity", "latent_temperature",
-                   "anti_lm"})
+    _add_flags(p, RESPOND_SETTINGS, types={"latent_temperature": flags["latent_temperature"][0]})
     return p
 
 
@@ -215,7 +256,7 @@ def respond(argv: list[str]) -> int:
 
     args = respond_parser().parse_args(argv)
     try:
-        s = _settings(args)
+        s = _settings(args, RESPOND_SETTINGS)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

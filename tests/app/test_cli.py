@@ -91,6 +91,55 @@ def test_bad_arguments(args):
     assert r.returncode == 2 and "usage:" in r.stderr
 
 
+@pytest.mark.parametrize("flag, value, says", [
+    ("--temperature", "0", "greater than 0"),
+    ("--temperature", "10.5", "less than or equal to 10"),
+    ("--temperature", "nan", "finite"),
+    ("--temperature", "warm", "expected a number"),
+    ("--top-k", "-1", "greater than or equal to 0"),
+    ("--top-k", "100001", "less than or equal to 100000"),
+    ("--top-k", "2.5", "expected a whole number"),
+    ("--top-p", "0", "greater than 0"),
+    ("--top-p", "1.5", "less than or equal to 1"),
+    ("--top-p", "inf", "finite"),
+    ("--latent-temperature", "-0.1", "greater than or equal to 0"),
+    ("--latent-temperature", "11", "less than or equal to 10"),
+    ("-n", "0", "greater than or equal to 1"),
+    ("--seed", "-1", "greater than or equal to 0"),
+    ("--seed", str(2**63 - 1), "less than"),
+    ("--max-tokens", "0", "greater than or equal to 1"),
+])
+def test_respond_refuses_what_the_api_refuses(tiny_bundle, capsys, flag, value, says):
+    """Every request flag of `respond` takes the API's range (app.schemas): one usage line, exit status 2,
+    nothing printed on stdout and no model loaded; --max-tokens names itself, not the server's setting."""
+    from app.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["respond", "--bundle", str(tiny_bundle), "hi there", "--strategy", "sample", flag, value])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"python -m app respond: error: argument {flag}: ") and says in last, err
+    assert "DIALOG_" not in err
+
+
+def test_respond_takes_the_bounds_themselves(tiny_bundle):
+    from app.__main__ import respond_parser
+
+    args = respond_parser().parse_args(["hi", "--temperature", "10", "--top-k", "100000", "--top-p", "1",
+                                        "--latent-temperature", "0", "-n", "1", "--seed", str(2**63 - 2),
+                                        "--max-tokens", "1"])
+    assert (args.temperature, args.top_k, args.top_p, args.latent_temperature, args.n, args.seed,
+            args.max_tokens) == (10.0, 100_000, 1.0, 0.0, 1, 2**63 - 2, 1)
+
+
+def test_respond_sampling_flag_out_of_range_is_a_usage_error(tiny_bundle):
+    """The command itself (issue 20): no traceback, no reply, exit status 2."""
+    r = run("respond", "--bundle", str(tiny_bundle), "hi there", "--strategy", "sample", "--top-p", "0")
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("python -m app respond: error: argument --top-p:")
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_make_serve_stops_without_a_make_error(tiny_bundle, tmp_path, sig):
