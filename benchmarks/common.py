@@ -1,6 +1,5 @@
-"""What every benchmark prints first (machine, versions, config) and the small pieces they share, among them the
-one percentile of every latency figure (benchmarks/ and reliability/). torch is imported where it is used, so
-the load-test client can use these pieces without it."""
+"""What every benchmark prints first (machine, versions, config) and the small pieces the benchmarks share (what
+they share with reliability/, the percentile among them, is in harness/). torch is imported where it is used."""
 from __future__ import annotations
 
 import json
@@ -50,7 +49,7 @@ def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "model", "app", "training", "benchmarks"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "model", "app", "training", "benchmarks", "harness"],
                                cwd=REPO, capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -94,20 +93,6 @@ def matmul_peak(n: int = 2048, seconds: float = 3.0, dtype: torch.dtype | None =
         torch.matmul(a, b, out=c)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) of ``values``: with x_0 <= ... <= x_(n-1) sorted, the value at rank
-    k = (n - 1) q / 100, interpolated linearly between x_floor(k) and x_ceil(k) (numpy's default method, type 7
-    of Hyndman and Fan). nan for no values. Every p50/p95/p99 of docs/benchmarks.md and docs/reliability.md
-    comes from here."""
-    if not values:
-        return float("nan")
-    xs = sorted(values)
-    k = (len(xs) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def print_header(title: str, config: dict[str, Any]) -> dict[str, Any]:

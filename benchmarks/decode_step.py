@@ -10,7 +10,7 @@ is one pass of the loop (one token for every row still running), so ms/step = a 
 
 Host reads count the places where the loop brings a tensor's values back to Python (``tolist``, ``item``,
 ``bool``/``int``/``float`` of a tensor, ``numpy``; ``.cpu()`` is counted apart): on a GPU each one waits for
-the device, on a CPU each costs a conversion. They are counted with a TorchFunctionMode, so they do not
+the device, on a CPU each costs a conversion. They are counted with a TorchFunctionMode (harness.probes), so they do not
 depend on the machine's load, unlike the times.
 """
 from __future__ import annotations
@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections import Counter
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from model import decoding
 from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
@@ -31,30 +29,11 @@ from model.generate import encode_contexts
 from model.lexicon import PieceConstraint
 from model.rerank import DEFAULT_LATENT_TEMPERATURE
 
+from harness.probes import HostReads
+
 from .common import print_header, table, write_json
 
 CONTEXT = ["Hi, how are you doing today?", "Not bad. Any plans for the weekend?"]
-READS = {"tolist", "item", "numpy", "__bool__", "__int__", "__float__", "__index__"}
-
-
-class HostReads(TorchFunctionMode):
-    """Counts the tensor methods that hand values to Python (and ``.cpu()`` apart)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        name = getattr(func, "__name__", "")
-        if name in READS or name == "cpu":
-            self.calls[name] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def reads(self) -> int:
-        return sum(v for k, v in self.calls.items() if k in READS)
-
-
 def setup(bundle: Bundle, rows: int, lexicon: bool) -> dict[str, Any]:
     banned = (PAD_ID, UNK_ID, BOS_ID, bundle.tokenizer.dialog_start_id)
     constraint = PieceConstraint(bundle.lexicon, bundle.tokenizer.sp, banned) if lexicon and bundle.lexicon else None

@@ -24,7 +24,7 @@ import statistics
 import time
 from typing import Any
 
-from reliability.server import free_port, wait_ready
+from harness.server import free_port, wait_ready
 
 from .common import print_header, table, write_json
 

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reliability.server import Server
+from harness.server import Server
+from harness.stats import percentile
 
-from .common import REPO, percentile, print_header, quiet_quantization_warnings, table, write_json
+from .common import REPO, print_header, quiet_quantization_warnings, table, write_json
 
 FALLBACK_CONTEXTS = [
     ["Hi, how are you doing today?"],
@@ -64,7 +65,7 @@ def summarize(name: str, c: int, lat: list[float], replies: int, errors: int, wa
 
 # ----- HTTP ----------------------------------------------------------------------------------------
 def http_server(settings: dict[str, Any]) -> Server:
-    """``python -m app serve`` on a free loopback port (reliability.server.Server: ready when /readyz says 200),
+    """``python -m app serve`` on a free loopback port (harness.server.Server: ready when /readyz says 200),
     with ``settings`` as DIALOG_* variables."""
     env = {f"DIALOG_{k.upper()}": str(v) for k, v in settings.items()}
     return Server([], env={**env, "DIALOG_LOG_LEVEL": "warning"}, stop_timeout=20)

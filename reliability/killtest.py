@@ -25,7 +25,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from .words import sentence
+from harness.words import sentence
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("reliability.killtest")

@@ -27,10 +27,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import percentile
-
-from .server import Server, rss_bytes
-from .words import sentence
+from harness.server import Server, rss_bytes
+from harness.stats import percentile
+from harness.words import sentence
 
 log = logging.getLogger("reliability.loadtest")
 
@@ -184,7 +183,7 @@ async def run_load(url: str, duration: float, clients: int, seed: int = 0, inval
 
 def summarise(tally: Tally, duration: float, clients: int) -> dict[str, Any]:
     def ms(values: list[float], q: float | None = None) -> float | None:
-        """The q-th percentile (benchmarks.common.percentile), or the maximum, in ms; None for no values."""
+        """The q-th percentile (harness.stats.percentile), or the maximum, in ms; None for no values."""
         if not values:
             return None
         return round(1000 * (max(values) if q is None else percentile(values, q)), 1)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 def serve(bundle: Path | None) -> Iterator[str]:
     from app.main import create_app
     from app.settings import Settings
-    from reliability.server import serve_in_thread
+    from harness.server import serve_in_thread
 
     with serve_in_thread(create_app(Settings(bundle=bundle, torch_threads=1, api_key=None))) as url:
         yield url

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reliability.words import sentence
+from harness.words import sentence
 
 # Tiny models run faster on one thread, and two OpenMP threads on two busy cores thrash.
 torch.set_num_threads(1)

@@ -2,7 +2,8 @@
 
 Offline checks: every declared dependency is locked at a version its specifier allows, the dev set agrees
 with the runtime set, torch is left to constraints.txt, and what the service's packages import (app/, model/)
-is all in the runtime set, so `make serve` and the API image have everything they need and nothing of training.
+is all in the runtime set, so `make serve` and the API image have everything they need and nothing of training;
+and the packages import each other one way only: model under training and app, the tool packages above them all.
 """
 from __future__ import annotations
 
@@ -119,4 +120,23 @@ def test_the_service_imports_only_the_runtime_set():
         if not names & runtime:
             outside[module] = sorted(names) or "not installed"
     assert not outside, f"app/ or model/ import packages outside the runtime set: {outside}"
-    assert "training" not in _imports(ROOT / "app") | _imports(ROOT / "model"), "app and model never import training"
+
+
+TOOLS = {"benchmarks", "reliability", "harness"}  # tool packages: above the product, never imported by it
+
+
+@pytest.mark.parametrize("package, never", [
+    ("model", {"app", "training"} | TOOLS),  # all it takes to run a model, nothing of training or serving it
+    ("training", TOOLS),
+    ("app", {"training"} | TOOLS),
+    ("harness", {"benchmarks", "reliability"}),  # the one home of what the two tool packages share
+    ("benchmarks", {"reliability"}),
+    ("reliability", {"benchmarks"}),
+    ("tests/model", {"benchmarks", "reliability"}),  # a model test borrows a tool's helper from the harness
+])
+def test_layering(package, never):
+    """Imports go one way: training and app import model, model neither; the tool packages import the product and
+    the harness, never each other, and nothing of the product imports them."""
+    assert (ROOT / package).is_dir()
+    found = _imports(ROOT / package) & never
+    assert not found, f"{package}/ imports {sorted(found)}"

@@ -13,7 +13,7 @@ from model.bundle import save_bundle
 from model.config import preset
 from model.cvae import CVAE
 from model.tokenizer import Tokenizer
-from reliability.words import sentence
+from harness.words import sentence
 
 def synthetic_sentences(k: int = 60, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
@@ -74,14 +74,14 @@ def make_server(make_settings):
     """make_server(**settings) -> the URL of a live uvicorn server (in a thread, on a free port) on the tiny
     bundle, once /readyz answers 200; every server it started stops after the test."""
     from app.main import create_app
-    from reliability.server import serve_in_thread
+    from harness.server import serve_in_thread
 
     with contextlib.ExitStack() as stack:
         yield lambda **overrides: stack.enter_context(serve_in_thread(create_app(make_settings(**overrides)), 20))
 
 
 def wait_ready(client, timeout: float = 10.0) -> None:
-    """Until the app behind a TestClient is ready (reliability.server.wait_ready through the client)."""
-    from reliability.server import wait_ready as poll
+    """Until the app behind a TestClient is ready (harness.server.wait_ready through the client)."""
+    from harness.server import wait_ready as poll
 
     poll("", timeout, get=client.get)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reliability.server import free_port, wait_ready
+from harness.server import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.decode_step import HostReads
+from harness.probes import HostReads
 from model.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, preset
 from model.cvae import CVAE
 from model.decoding import decode, filter_logits, latent_noise, sample_from, sampling_uniforms

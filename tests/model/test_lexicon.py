@@ -9,7 +9,7 @@ from model.cvae import CVAE
 from model.decoding import decode
 from model.lexicon import Lexicon, PieceConstraint, _Piece, words
 from model.tokenizer import Tokenizer
-from reliability.words import WORDS
+from harness.words import WORDS
 
 VOCAB = [*WORDS, "don't", "it's", "I'm"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reliability.words import sentence
+from harness.words import sentence
 
 
 

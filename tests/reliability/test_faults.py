@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reliability import killtest
-from reliability.server import free_port
+from harness.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

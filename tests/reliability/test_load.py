@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from harness.server import Server, rss_bytes
+from harness.words import sentence
 from reliability.loadtest import check, drain, run_load, summarise
-from reliability.server import Server, rss_bytes
-
-from reliability.words import sentence
 
 
 def test_short_load_only_intended_statuses_and_sheds_with_429(rel_bundle):
@@ -145,10 +144,10 @@ def test_sigterm_with_more_work_than_the_drain_timeout_still_exits_in_time(rel_b
 
 
 def test_latency_percentiles_are_the_benchmarks_definition():
-    """p50/p90/p99 of the load test are benchmarks.common.percentile (linear interpolation between order
+    """p50/p90/p99 of the load test are harness.stats.percentile, the benchmarks' too (linear interpolation between order
     statistics), so docs/reliability.md and docs/benchmarks.md report comparable figures: 50.5 ms for the
     median of 1..100 ms, where a nearest-rank definition would give 50 ms."""
-    from benchmarks.common import percentile
+    from harness.stats import percentile
     from reliability.loadtest import Tally
 
     tally = Tally(latency_s=[i / 1000 for i in range(100, 0, -1)])

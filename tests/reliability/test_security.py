@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reliability.server import Server
+from harness.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("app", "model", "training", "reliability", "docker", "scripts", "benchmarks")
