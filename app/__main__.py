@@ -164,16 +164,23 @@ def respond_parser() -> argparse.ArgumentParser:
     request_flag("-n", "n", 5, "number of replies, default 5")
     request_flag("--seed", "seed", None, "the same seed gives the same replies; default: a random one")
     p.add_argument("--strategy", choices=("greedy", "sample"), default="greedy")
-    request_flag("--temperature", "temperature", 1.0, "sampling: the token temperature, default 1")
-    request_flag("--top-k", "top_k", 0, "sampling: keep the k likeliest tokens, default 0 (all)")
-    request_flag("--top-p", "top_p", 1.0, "sampling: keep the likeliest tokens of this total probability, "
-                                           "default 1 (all)")
+    request_flag("--temperature", "temperature", None, "--strategy sample only: the token temperature, default 1")
+    request_flag("--top-k", "top_k", None, "--strategy sample only: keep the k likeliest tokens, default 0 (all)")
+    request_flag("--top-p", "top_p", None, "--strategy sample only: keep the likeliest tokens of this total "
+                                           "probability, default 1 (all)")
     request_flag("--max-tokens", "max_tokens", None, "tokens per reply, default and most: the smaller of "
                                                      "DIALOG_MAX_TOKENS and the model's max_decode_len")
     p.add_argument("--no-dedupe", dest="dedupe", action="store_false")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_flags(p, RESPOND_SETTINGS, types={"latent_temperature": flags["latent_temperature"][0]})
     return p
+
+
+def _no_bundle_traceback(record: logging.LogRecord) -> bool:
+    """Drop the traceback uvicorn logs when the start-up fails on a BundleError (a bundle that cannot load, or
+    settings it cannot serve): the lifespan has already said what is wrong in one line (app.main)."""
+    msg = record.getMessage()
+    return not (msg.startswith("Traceback") and "model.bundle.BundleError: " in msg)
 
 
 def serve(argv: list[str]) -> int:
@@ -198,6 +205,7 @@ def serve(argv: list[str]) -> int:
         return 2
     app = create_app(settings)
     runtime = app.state.runtime
+    logging.getLogger("uvicorn.error").addFilter(_no_bundle_traceback)
 
     class Server(uvicorn.Server):
         """On the first SIGTERM/SIGINT: readiness and /respond turn 503 at once, while the socket stays
@@ -251,6 +259,7 @@ def serve(argv: list[str]) -> int:
 
 def respond(argv: list[str]) -> int:
     from model.bundle import BundleError
+    from model.rerank import AntiLMError
 
     from .engine import Engine, InputError
 
@@ -268,17 +277,25 @@ def respond(argv: list[str]) -> int:
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 max_tokens=args.max_tokens,
                                 dedupe=args.dedupe)
-    except (BundleError, InputError) as e:
+    except (BundleError, AntiLMError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"seed": result.seed, "replies": [{k: v for k, v in r.__dict__.items() if k not in ("logprob_null", "n_scored")} for r in result.replies],
-                          "duplicates_dropped": result.duplicates_dropped}, indent=2))
+        hidden = ("logprob_null", "n_scored")
+        print(json.dumps({"seed": result.seed, "reranked": result.reranked, "candidates": result.candidates,
+                          "replies": [{k: v for k, v in r.__dict__.items() if k not in hidden} for r in result.replies],
+                          "duplicates_dropped": result.duplicates_dropped, "empty_dropped": result.empty_dropped},
+                         indent=2))
         return 0
-    print(f"# seed {result.seed}; {result.n_returned} of {result.n_requested} replies, "
-          f"{result.duplicates_dropped} duplicates dropped")
-    for r in result.replies:
-        print(f"{r.score:8.3f}  seed {r.seed!s:<20} {r.text}")
+    order = ("in the order the reranker picked them (mmr: rank less the similarity to the replies above)"
+             if result.reranked else "by score")
+    print(f"# seed {result.seed}; {result.n_returned} of {result.n_requested} replies from {result.candidates} "
+          f"candidates, {order}; {result.duplicates_dropped} duplicates and {result.empty_dropped} empty dropped")
+    ranked_head = f"{'mmr':>6} {'rank':>7} " if result.reranked else ""
+    print(f"{'#':<2} {ranked_head}{'score':>7}  {'seed':<20} reply")
+    for i, r in enumerate(result.replies, 1):
+        ranked = f"{r.ranking['mmr']:6.3f} {r.ranking['rank']:7.3f} " if r.ranking else ""
+        print(f"{i:<2} {ranked}{r.score:7.3f}  {r.seed!s:<20} {r.text}")
     return 0
 
 

@@ -4,18 +4,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, model_limits
+from model.rerank import AntiLMError
 
 from . import errors
 from .engine import Engine, pick_device, set_torch_threads
 from .middleware import ServiceMiddleware
+from .openai_schemas import chat_request_model
 from .routes import openai_api, ops, pages, respond
 from .runtime import Runtime
+from .schemas import request_model
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +39,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hint = "" if s.bundle else " (no bundle given: pass --bundle DIR or set DIALOG_BUNDLE)"
         log.error("cannot load the model bundle: %s%s", e, hint)
         raise BundleError(f"{e}{hint}") from None
-    engine = Engine(bundle, observer=rt.metrics.observer(), **s.engine_options())  # type: ignore[arg-type]
+    try:
+        engine = Engine(bundle, observer=rt.metrics.observer(), **s.engine_options())  # type: ignore[arg-type]
+    except AntiLMError as e:  # settings the bundle cannot serve: one line, as for a bundle that cannot load
+        log.error("cannot serve the model bundle with these settings: %s", e)
+        raise BundleError(str(e)) from None
     engine.start()
     rt.engine = engine
     log.info("loaded bundle %s (%s, sha256 %s) on %s with %d torch threads", bundle.name, path,
@@ -64,8 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rt = Runtime(settings)
     app.state.runtime = rt
     errors.install(app)
-    app.include_router(respond.router(settings))
-    app.include_router(openai_api.router(settings))
+    # The request bodies with this deployment's limits and the served model's (read once, before the model
+    # loads), so that /docs shows them.
+    limits = model_limits(settings.bundle or DEFAULT_BUNDLE)
+    max_decode_len = limits["max_decode_len"] if limits else None
+    respond_body, chat_body = request_model(settings, max_decode_len), chat_request_model(settings, max_decode_len)
+    app.include_router(respond.router(respond_body))
+    app.include_router(openai_api.router(chat_body))
+    exact_integer_bounds(app, [respond_body, chat_body])
     app.include_router(ops.router)
     pages.install(app)
     if settings.cors_origins:
@@ -75,3 +91,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: every response, errors included, gets a request id, a log line and metrics.
     app.add_middleware(ServiceMiddleware, metrics=rt.metrics, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def exact_integer_bounds(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """FastAPI's OpenAPI model holds numeric bounds as floats, which turns the seed's bound 2^63 - 2 into
+    9.223372036854776e18 (2^63, outside the range): put back the exact integers of the models' own JSON schemas."""
+    build = app.openapi
+
+    def restore(ours: Any, theirs: Any) -> None:
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            for k, v in ours.items():
+                if k in BOUNDS and isinstance(v, int) and k in theirs:
+                    theirs[k] = v
+                elif k in theirs:
+                    restore(v, theirs[k])
+        elif isinstance(ours, list) and isinstance(theirs, list):
+            for a, b in zip(ours, theirs):
+                restore(a, b)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for m in models:
+                restore(m.model_json_schema(ref_template="#/components/schemas/{model}"),
+                        schema.get("components", {}).get("schemas", {}).get(m.__name__))
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

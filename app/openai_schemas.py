@@ -65,7 +65,7 @@ class ChatRequestBase(BaseModel):
     messages: list[ChatMessageBase]
     n: int = Field(1, ge=1, description="number of choices (distinct replies; fewer when the model cannot find "
                                         "that many different ones)")
-    seed: int | None = Field(None, ge=0, lt=SEED_MOD, description="same request and seed, same choices; absent: "
+    seed: int | None = Field(None, ge=0, le=SEED_MOD - 1, description="same request and seed, same choices; absent: "
                                                                   "a random one, returned as seed")
     temperature: float | None = Field(
         None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False,

@@ -61,12 +61,11 @@ class Runtime:
             raise HTTPException(503, f"not ready: {self.not_ready_reason()}", headers={"Retry-After": "1"})
         return self.engine
 
-    async def generate(self, req: GenerationRequest, request_id: str) -> Result:
-        """The request path every generating route shares: the engine's queue, the time limit, the HTTP
-        statuses of the engine's states (429 queue full, 503 not ready or draining, 504 past the time
-        limit, 500 on a failure) and the reply metrics. The engine's InputError propagates: each API
-        names the offending field in its own terms."""
-        engine = self.require_engine()
+    async def generate(self, engine: Engine, req: GenerationRequest, request_id: str) -> Result:
+        """The request path every generating route shares, on the engine the route got from
+        :meth:`require_engine`: the engine's queue, the time limit, the HTTP statuses of the engine's states
+        (429 queue full, 503 not ready or draining, 504 past the time limit, 500 on a failure) and the reply
+        metrics. The engine's InputError propagates: each API names the offending field in its own terms."""
         try:
             future = await engine.submit_async(req)  # normalising and tokenising run off this loop
         except QueueFull:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from model.decoding import SEED_MOD
 
@@ -20,7 +22,7 @@ class RespondRequestBase(BaseModel):
 
     context: list[str]
     n: int = Field(5, ge=1, description="number of replies")
-    seed: int | None = Field(None, ge=0, lt=SEED_MOD,
+    seed: int | None = Field(None, ge=0, le=SEED_MOD - 1,
                              description="same request and seed, same replies; absent: a random one, returned")
     latent_temperature: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False,
                                              description="scales the prior's standard deviation; 0 gives the prior "
@@ -28,9 +30,12 @@ class RespondRequestBase(BaseModel):
     latents: list[list[FiniteFloat]] | None = Field(
         None, description="latent codes to decode instead of sampling (each of the model's latent_dim values)")
     strategy: Literal["greedy", "sample"] = "greedy"
-    temperature: float = Field(1.0, gt=0.0, le=10.0, allow_inf_nan=False, description="sampling only")
-    top_k: int = Field(0, ge=0, le=100_000, description="sampling only; 0 keeps every token")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="sampling only; 1 keeps every token")
+    temperature: float | None = Field(None, gt=0.0, le=10.0, allow_inf_nan=False,
+                                      description="strategy 'sample' only (else 422); absent: 1")
+    top_k: int | None = Field(None, ge=0, le=100_000,
+                              description="strategy 'sample' only (else 422); 0 or absent keeps every token")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                description="strategy 'sample' only (else 422); 1 or absent keeps every token")
     max_tokens: int | None = Field(None, ge=1, description="tokens per reply; absent: the limit")
     dedupe: bool = Field(True, description="drop repeated replies and draw more samples in their place")
     return_latents: bool = Field(False, description="also return each reply's latent code (latent) and the prior "
@@ -38,8 +43,8 @@ class RespondRequestBase(BaseModel):
     rerank: bool | None = Field(None, description="over-generate candidates and choose the n replies by "
                                 "relevance (against generic answers) and diversity; absent: the server's "
                                 "setting (on by default). Off: the n samples ranked by score")
-    candidates: int | None = Field(None, ge=1, description="candidates to decode when reranking (at least n); "
-                                   "absent: the server's candidates_per_reply x n")
+    candidates: int | None = Field(None, ge=1, description="candidates to decode when reranking (at least n; "
+                                   "422 when not reranking); absent: the server's candidates_per_reply x n")
 
     @field_validator("context")
     @classmethod
@@ -49,6 +54,14 @@ class RespondRequestBase(BaseModel):
                 raise ValueError("every turn must contain some text")
         return v
 
+    @model_validator(mode="after")
+    def _n_matches_latents(self) -> "RespondRequestBase":
+        if self.latents is not None and "n" in self.model_fields_set and self.n != len(self.latents):
+            error = PydanticCustomError("value_error", "n is {n} but {k} latent codes were given (one reply each): "
+                                        "leave n out or make them agree", {"n": self.n, "k": len(self.latents)})
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=error, loc=("n",), input=self.n)])
+        return self
 
 
 LATENT_LIMIT = 100.0  # |value| of a given latent code: far outside any prior (values are in standard deviations)
@@ -89,8 +102,12 @@ class ReplyOut(BaseModel):
                                          "replays the reply (null for a reply decoded from a given latent code)")
     latent: list[float] | None = None
     ranking: dict[str, float] | None = Field(
-        None, description="when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log p(reply) "
-                          "with no context), rank = likelihood - mmi_weight * anti_lm; nats per token")
+        None, description="when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log p(reply), "
+                          "estimated over four probe contexts, or by the bundle's reply bigram model), rank = "
+                          "likelihood - mmi_weight * anti_lm, nats per token; mmr, the value the reply was "
+                          "picked with: rank - diversity * its largest similarity to a reply before it. Replies "
+                          "come in the order they were picked, so mmr (not rank) falls down the list, replies "
+                          "that were cut off or implausible last")
 
 
 class ModelRef(BaseModel):
@@ -111,7 +128,8 @@ class RespondResponse(BaseModel):
     replies: list[ReplyOut]
     n_requested: int
     n_returned: int
-    duplicates_dropped: int
+    duplicates_dropped: int = Field(description="repeated replies dropped (with dedupe) and replaced by new draws")
+    empty_dropped: int = Field(description="empty replies dropped (never returned) and replaced by new draws")
     seed: int
     candidates: int = Field(description="candidate replies decoded for this request")
     reranked: bool

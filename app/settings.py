@@ -58,7 +58,8 @@ class Settings(BaseSettings):
 
     def engine_options(self) -> dict[str, object]:
         """Keyword arguments of app.engine.Engine from these settings (one place for the server and the CLI)."""
-        return dict(max_n=self.max_n, max_tokens=self.max_tokens, max_batch_rows=self.max_batch_rows,
+        return dict(max_turns=self.max_turns, max_turn_chars=self.max_turn_chars,
+                    max_n=self.max_n, max_tokens=self.max_tokens, max_batch_rows=self.max_batch_rows,
                     max_wait_ms=self.max_wait_ms, queue_size=self.queue_size, dedupe_rounds=self.dedupe_rounds,
                     quantize=self.quantize, lexicon=self.lexicon, rerank=self.rerank,
                     candidates_per_reply=self.candidates_per_reply, max_candidates=self.max_candidates,

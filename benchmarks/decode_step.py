@@ -25,7 +25,7 @@ import torch
 from model import decoding
 from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from model.config import BOS_ID, PAD_ID, UNK_ID
-from model.generate import encode_contexts
+from model.inputs import encode_contexts
 from model.lexicon import PieceConstraint
 from model.rerank import DEFAULT_LATENT_TEMPERATURE
 
@@ -38,10 +38,9 @@ def setup(bundle: Bundle, rows: int, lexicon: bool) -> dict[str, Any]:
     banned = (PAD_ID, UNK_ID, BOS_ID, bundle.tokenizer.dialog_start_id)
     constraint = PieceConstraint(bundle.lexicon, bundle.tokenizer.sp, banned) if lexicon and bundle.lexicon else None
     with torch.inference_mode():
-        cond = encode_contexts(bundle, [CONTEXT])
-        mu, logvar = bundle.model.prior(cond)
+        cond, mu, std = encode_contexts(bundle, [CONTEXT])
         eps = decoding.latent_noise(list(range(rows)), bundle.config.latent_dim)
-        z = mu + DEFAULT_LATENT_TEMPERATURE * (0.5 * logvar).exp() * eps  # (rows, Z)
+        z = mu + DEFAULT_LATENT_TEMPERATURE * std * eps  # (rows, Z)
     return {"bundle": bundle, "banned": banned, "constraint": constraint, "cond": cond.expand(rows, -1), "z": z,
             "uniforms": decoding.sampling_uniforms(list(range(rows)), bundle.config.max_decode_len)}
 

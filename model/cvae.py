@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .config import PAD_ID, UNK_ID, CVAEConfig
+from .config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CVAEConfig
 from .recurrent import SortedLengths, gru_layer, linear_cross_entropy
 
 
@@ -276,6 +276,30 @@ class CVAE(nn.Module):
         if act is not None:
             emb = torch.cat([emb, act.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)
         return emb, h.unsqueeze(0).contiguous()
+
+    def sequence_logprob(self, cond: torch.Tensor, z: torch.Tensor, tokens: list[list[int]]) -> list[float]:
+        """log p(x | c, z) of given replies, teacher-forced, one row per reply: cond (B, Dc), z (B, Z), tokens
+        the replies' ids without <s> and </s> (</s> is scored). Returns the B sums, nats. Only real positions go
+        through the vocabulary projection: that is where the cost is."""
+        B = len(tokens)
+        if B == 0:
+            return []
+        T = max(len(t) for t in tokens) + 1
+        inp = torch.full((B, T), PAD_ID, dtype=torch.long)
+        tgt = torch.full((B, T), PAD_ID, dtype=torch.long)
+        for i, t in enumerate(tokens):
+            inp[i, :len(t) + 1] = torch.tensor([BOS_ID, *t])
+            tgt[i, :len(t) + 1] = torch.tensor([*t, EOS_ID])
+        device = cond.device
+        inp, tgt = inp.to(device), tgt.to(device)
+        state, _ = self.init_decoder(cond, z)
+        out, _ = self.decoder.rnn(*self.rnn_inputs(self.embedding(inp), state))  # (B, T, Hd)
+        real = (tgt != PAD_ID).reshape(-1).nonzero().squeeze(1)
+        logits = self.decoder.out(out.reshape(B * T, -1).index_select(0, real)).float()  # (N_tok, V)
+        picked = logits.gather(1, tgt.reshape(-1).index_select(0, real).unsqueeze(1)).squeeze(1)
+        tok = (picked - torch.logsumexp(logits, dim=1)).double()  # (N_tok,)
+        row = torch.arange(B, device=device).repeat_interleave(T).index_select(0, real)
+        return torch.zeros(B, dtype=torch.float64, device=device).index_add_(0, row, tok).cpu().tolist()
 
     # ----- training -------------------------------------------------------------------------
     def _decoder_nll(self, inputs: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,

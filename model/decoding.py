@@ -29,7 +29,9 @@ def latent_noise(seeds: list[int], dim: int) -> torch.Tensor:
 
 
 def sampling_uniforms(seeds: list[int], steps: int) -> torch.Tensor:
-    """u (N, steps) ~ U(0, 1), drawn after the row's latent noise from the same generator."""
+    """u (N, steps) ~ U(0, 1), float64, row i from its own generator seeded with seeds[i] ^ 0x5DEECE66D: a
+    stream apart from the row's latent noise (seeded with seeds[i] itself), so changing the length limit never
+    changes a latent code."""
     out = []
     for s in seeds:
         g = row_generator(s ^ 0x5DEECE66D)
@@ -41,10 +43,14 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
                   top_p: float = 1.0) -> torch.Tensor:
     """Temperature, then top-k, then nucleus (top-p) filtering; removed entries become -inf.
 
-    logits (B, V). top_k = 0 and top_p = 1.0 disable those filters.
+    logits (B, V). top_k = 0 and top_p = 1.0 disable those filters. Every row keeps at least its most likely
+    token: a filter that removed them all would leave a row with no distribution (all -inf), from which
+    inverse-CDF sampling returns an arbitrary id, outside any constraint already applied to the logits.
     """
     if temperature <= 0:
         raise ValueError("temperature must be > 0 (use greedy decoding instead)")
+    if not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"top_p must be in (0, 1] and top_k >= 0, got top_p={top_p}, top_k={top_k}")
     logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -54,6 +60,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
         probs = sorted_logits.softmax(dim=-1)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         remove = probs.cumsum(dim=-1) - probs >= top_p
+        remove[:, 0] = False
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
@@ -150,28 +157,3 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
                 active = active[keep_t]
         prev = nxt
     return Decoded(tokens, logprob, n_scored, finish)
-
-
-@torch.inference_mode()
-def sequence_logprob(model: CVAE, cond: torch.Tensor, z: torch.Tensor, tokens: list[list[int]]) -> list[float]:
-    """log p(x | c, z) of given replies (ids without <s> and </s>; </s> is scored), teacher-forced, one row
-    per reply: cond (B, Dc), z (B, Z). Returns the sums in nats."""
-    B = len(tokens)
-    if B == 0:
-        return []
-    T = max(len(t) for t in tokens) + 1
-    inp = torch.full((B, T), PAD_ID, dtype=torch.long)
-    tgt = torch.full((B, T), PAD_ID, dtype=torch.long)
-    for i, t in enumerate(tokens):
-        inp[i, :len(t) + 1] = torch.tensor([BOS_ID, *t])
-        tgt[i, :len(t) + 1] = torch.tensor([*t, EOS_ID])
-    device = cond.device
-    inp, tgt = inp.to(device), tgt.to(device)
-    state, _ = model.init_decoder(cond, z)
-    out, _ = model.decoder.rnn(*model.rnn_inputs(model.embedding(inp), state))  # (B, T, Hd)
-    real = (tgt != PAD_ID).reshape(-1).nonzero().squeeze(1)  # project real positions only: the cost is there
-    logits = model.decoder.out(out.reshape(B * T, -1).index_select(0, real)).float()  # (N_tok, V)
-    picked = logits.gather(1, tgt.reshape(-1).index_select(0, real).unsqueeze(1)).squeeze(1)
-    tok = (picked - torch.logsumexp(logits, dim=1)).double()  # (N_tok,)
-    row = torch.arange(B, device=device).repeat_interleave(T).index_select(0, real)
-    return torch.zeros(B, dtype=torch.float64, device=device).index_add_(0, row, tok).cpu().tolist()

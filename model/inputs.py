@@ -1,4 +1,5 @@
-"""Building the model's input from dialog turns: shared by training and serving.
+"""Building the model's input from dialog turns: shared by training and serving (and the condition of
+serving's contexts, :func:`encode_contexts`).
 
 A dialog is prefixed with a start-of-dialog marker turn (Zhao et al.), so every real turn is a
 response and the first one has a context too. A context is the previous turns (at most
@@ -7,12 +8,16 @@ response and the first one has a context too. A context is the previous turns (a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .config import BOS_ID, EOS_ID, PAD_ID
-from .cvae import Batch
+from .config import BOS_ID, EOS_ID, PAD_ID, CVAEConfig
+from .cvae import CVAE, Batch
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 
 def wrap(ids: Sequence[int], max_len: int) -> list[int]:
@@ -70,3 +75,32 @@ def collate(contexts: Sequence[Sequence[Sequence[int]]], flags: Sequence[Sequenc
     if acts is not None:
         batch.acts = torch.as_tensor(acts, dtype=torch.long)
     return batch
+
+
+def context_batch(turn_ids: Sequence[Sequence[Sequence[int]]], dialog_start_id: int, cfg: CVAEConfig) -> Batch:
+    """The Batch (CPU) of replies to be made to several dialogs, each given as its turns' piece ids from its
+    start (see :func:`serving_context`)."""
+    built = [serving_context(ids, dialog_start_id, cfg.max_context_turns, cfg.max_utt_len) for ids in turn_ids]
+    return collate([t for t, _ in built], [f for _, f in built])
+
+
+def condition(model: CVAE, turn_ids: Sequence[Sequence[Sequence[int]]],
+              dialog_start_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The condition c (N, cond_dim) of each dialog (its turns' piece ids) and its prior p(z | c): mean and
+    standard deviation (N, Z) each. One call encodes them together (a row's values round with the batch's
+    shape)."""
+    device = next(model.parameters()).device
+    cond = model.encode(context_batch(turn_ids, dialog_start_id, model.cfg).to(device))  # (N, cond_dim)
+    mu, logvar = model.prior(cond)  # (N, Z) each
+    return cond, mu, (0.5 * logvar).exp()
+
+
+def encode_contexts(bundle: "Bundle", contexts: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                  torch.Tensor]:
+    """:func:`condition` of dialogs given as text (turns, oldest first), normalised and tokenised as the
+    service does."""
+    from .text import normalize
+
+    tok = bundle.tokenizer
+    ids = [tok.encode_batch([normalize(t, bundle.text_style) for t in turns]) for turns in contexts]
+    return condition(bundle.model, ids, tok.dialog_start_id)

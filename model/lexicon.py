@@ -79,9 +79,11 @@ class Lexicon:
 
 
 class _Piece:
-    """What a piece does to the open word: ``opens`` -> the piece starts at a word boundary (or with a
-    separator), so the open word must be complete before it; ``lead``: letters that continue the open word;
-    ``closed``: the words the piece completes inside itself; ``tail``: the word it leaves open."""
+    """What a piece does to the open word: ``opens``: the piece starts at a word boundary (or with a
+    separator), so the open word must be complete before it; ``lead``: the letters before its first separator,
+    which continue the open word; ``closes_lead``: a separator follows them inside the piece, so the open word
+    plus ``lead`` must be a complete word; ``inner``: the whole words between its separators; ``tail``: the word
+    it leaves open."""
 
     __slots__ = ("opens", "lead", "closes_lead", "inner", "tail")
 

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.bundle import save_bundle
+from model.config import preset
+from model.cvae import CVAE
+from model.tokenizer import Tokenizer
 from harness.words import sentence
 
 # Tiny models run faster on one thread, and two OpenMP threads on two busy cores thrash.
@@ -51,3 +55,22 @@ TINY_OVERRIDES = [
     "train.batch_size=8", "train.log_every=4", "train.eval_every=12", "train.ckpt_every=6",
     "train.num_threads=1", "schedule.cycles=2",
 ]
+
+
+def synthetic_sentences(k: int = 60, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [sentence(rng, 3, 9) for _ in range(k)]
+
+
+def build_tiny_bundle(out: Path) -> Path:
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.train(synthetic_sentences(), vocab_size=64)
+    model = CVAE(preset("tiny", vocab_size=tokenizer.vocab_size, max_decode_len=12))
+    model.eval()
+    save_bundle(out, model, tokenizer, name="tiny", text_style="plain")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")

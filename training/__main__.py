@@ -113,10 +113,30 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scaling(args: argparse.Namespace) -> int:
+    from .report.scaling import scaling
+
+    missing = [d for d in args.runs if not (Path(d) / "metrics.jsonl").is_file()]
+    if missing:
+        raise FileNotFoundError(f"scaling: no metrics.jsonl in {', '.join(missing)}")
+    scaling([Path(d) for d in args.runs], Path(args.out), args.budget_cpu_hours)
+    return 0
+
+
 def _synthetic(args: argparse.Namespace) -> int:
     from .synthetic import main_args
 
     return main_args(args)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("ratings", nargs="+", help="one ratings JSON file per rater")
     hc.add_argument("--out", help="write the scores as JSON here (and a .md table beside it)")
     h.set_defaults(func=_humaneval)
+
+    sc = sub.add_parser("scaling", help="the scaling probe's report: validation ELBO against training CPU time, "
+                                        "fitted and extrapolated to a budget")
+    sc.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    sc.add_argument("--out", required=True, help="folder for report.md, report.json, elbo-vs-cpu.png")
+    sc.add_argument("--budget-cpu-hours", type=_positive_float, default=24.0,
+                    help="the budget to extrapolate to, in CPU hours (default 24: 12 hours of two cores)")
+    sc.set_defaults(func=_scaling)
 
     c = sub.add_parser("compare", help="report comparing runs: report.md, report.json, plots")
     c.add_argument("runs", nargs="+", help="run folders (metrics.jsonl, config.json, eval/test.json when evaluated)")

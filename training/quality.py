@@ -1,5 +1,6 @@
-"""Reply quality as a user meets it: replies made the way the service makes them (model.generate: lexicon-
-constrained decoding, over-generation and reranking), measured on a corpus split.
+"""Reply quality as a user meets it: the replies the service gives (model.generate runs the service's pipeline,
+model.pipeline: lexicon-constrained decoding, over-generation and reranking), measured on a corpus split. A
+context the service would refuse (a turn over its length limit) is skipped and counted (``skipped``), not rated.
 
 Metrics, over the replies to each evaluated context (n per context):
 
@@ -33,6 +34,7 @@ from typing import Any
 from model import rerank as rr
 from model.bundle import load_bundle
 from model.generate import Generator
+from model.pipeline import InputError, Limits, ReplySettings
 from model.lexicon import words as lexicon_words
 from model.text import normalize
 
@@ -127,30 +129,37 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
     bundle = load_bundle(bundle_dir, device=device)
     dialogs = read_sources([Source(corpus, data_dir)], split)
     items = contexts_of(dialogs, contexts, seed)
-    gen = Generator(bundle, lexicon=lexicon, rerank_on=rerank, candidates_per_reply=candidates_per_reply,
-                    mmi_weight=mmi_weight, diversity=diversity, latent_temperature=latent_temperature,
-                    anti_lm=anti_lm)
-    seeds = [seed * 1_000_003 + i * 1009 for i in range(len(items))]
+    gen = Generator(bundle, ReplySettings(lexicon=lexicon, rerank=rerank, candidates_per_reply=candidates_per_reply,
+                                          mmi_weight=mmi_weight, diversity=diversity,
+                                          latent_temperature=latent_temperature, anti_lm=anti_lm), Limits())
+    seeds = [seed * 1_000_003 + i * 1009 for i in range(len(items))]  # a context's request seed
     log.info("quality of %s on %s/%s: %d contexts x %d replies (rerank %s, lexicon %s)", bundle.name, corpus,
              split, len(items), n, rerank, lexicon)
     from tqdm import tqdm
-    step = 32
-    for s in tqdm(range(0, len(items), step), desc="replies", disable=None):
-        chunk = items[s:s + step]
-        outs = gen.respond([it["context"] for it in chunk], n, seeds[s:s + step])
-        for it, out in zip(chunk, outs):
-            it["replies"] = [g.text for g in out]
-            it["seeds"] = [g.seed for g in out]
-            it["finish"] = [g.finish_reason for g in out]
-            it["ranking"] = [g.ranking.rank if g.ranking else None for g in out]
+    rated, skipped = [], []
+    outs = gen.respond_all([it["context"] for it in items], n, seeds)
+    for it, s, out in tqdm(zip(items, seeds, outs), total=len(items), desc="replies", disable=None):
+        it["request_seed"] = s
+        if isinstance(out, InputError):
+            skipped.append({"id": it["id"], "field": ".".join(map(str, out.loc)), "reason": out.msg})
+            continue
+        it["replies"] = [r.text for r in out.replies]
+        it["seeds"] = [r.seed for r in out.replies]
+        it["finish"] = [r.finish_reason for r in out.replies]
+        it["ranking"] = [r.ranking["rank"] if r.ranking else None for r in out.replies]
+        rated.append(it)
+    if skipped:
+        log.warning("%d of %d contexts skipped: the service would refuse them (%s)", len(skipped), len(items),
+                    skipped[0]["reason"])
+    items = rated
     generic = _training_generic(bundle)
     res = measure(items, generic)
-    res.update({"bundle": str(bundle_dir), "bundle_name": bundle.name, "bundle_sha256": bundle.sha256,
+    res.update({"skipped": len(skipped), "skipped_contexts": skipped, "bundle": str(bundle_dir), "bundle_name": bundle.name, "bundle_sha256": bundle.sha256,
                 "corpus": corpus, "split": split, "n": n, "seed": seed, "rerank": rerank, "lexicon": lexicon,
                 "lexicon_words": len(bundle.lexicon) if bundle.lexicon else 0,
                 "candidates_per_reply": candidates_per_reply if rerank else 1, "mmi_weight": mmi_weight,
                 "diversity": diversity, "latent_temperature": latent_temperature,
-                "anti_lm": gen._anti_lm.kind if gen._anti_lm else None,
+                "anti_lm": gen.pipeline.anti_lm.kind if rerank else None,
                 "text_style": bundle.text_style, "corpus_style": TEXT_STYLE[corpus]})
     if samples_out:
         Path(samples_out).parent.mkdir(parents=True, exist_ok=True)

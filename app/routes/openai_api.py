@@ -16,22 +16,17 @@ chosen by blind rating (docs/quality.md), is greedy over latent codes sampled fr
 Either way the n choices differ through their latent codes (latent_temperature, an extension) and reranking.
 """
 # No `from __future__ import annotations`: FastAPI must see the per-app Body class itself, not its name.
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, cast
 
 from fastapi import APIRouter, Depends, Request
 
-from model.inputs import serving_context
-from model.text import normalize
-
 from ..engine import Engine, GenerationRequest, InputError, Result
 from ..errors import OpenAIError
 from ..openai_schemas import (AssistantMessage, ChatCompletion, ChatMessageBase, ChatRequestBase, Choice, Decoding,
-                              ErrorBody, ModelCard, ModelList, Usage, chat_request_model)
+                              ErrorBody, ModelCard, ModelList, Usage)
 from ..runtime import Runtime, RuntimeDep
-from ..settings import Settings
 from .respond import require_api_key
 
 FINISH = {"eos": "stop", "length": "length"}
@@ -47,12 +42,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def decoding_of(temperature: float | None, top_p: float | None) -> tuple[str, float, float]:
-    """The engine's (strategy, temperature, top_p) for OpenAI's ``temperature`` and ``top_p`` (module docstring)."""
+def decoding_of(temperature: float | None, top_p: float | None) -> tuple[str, float | None, float | None]:
+    """The engine's (strategy, temperature, top_p) for OpenAI's ``temperature`` and ``top_p`` (module docstring);
+    greedy decoding takes neither (None)."""
     if temperature == 0 or top_p == 0:
-        return "greedy", 1.0, 1.0
+        return "greedy", None, None
     if temperature is None and top_p in (None, 1):
-        return "greedy", 1.0, 1.0
+        return "greedy", None, None
     return "sample", 1.0 if temperature is None else float(temperature), 1.0 if top_p is None else float(top_p)
 
 
@@ -88,14 +84,6 @@ def max_tokens_of(max_tokens: int | None, max_completion_tokens: int | None) -> 
     return max_completion_tokens if max_completion_tokens is not None else max_tokens
 
 
-def prompt_tokens(engine: Engine, turns: Sequence[str]) -> int:
-    """Pieces of the context the model reads (model.inputs.serving_context: the last turns, wrapped)."""
-    style, cfg = engine.bundle.text_style, engine.config
-    ids = engine.tokenizer.encode_batch([normalize(t, style) for t in turns])
-    context, _ = serving_context(ids, engine.tokenizer.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
-    return sum(len(t) for t in context)
-
-
 def model_card(engine: Engine) -> ModelCard:
     try:
         created = int((engine.bundle.path / "manifest.json").stat().st_mtime)
@@ -104,8 +92,10 @@ def model_card(engine: Engine) -> ModelCard:
     return ModelCard(id=engine.bundle.name, created=created)
 
 
-def completion(result: Result, engine: Engine, rid: str, created: int, usage_prompt: int,
-               decoding: Decoding, ignored: list[int]) -> ChatCompletion:
+def completion(result: Result, engine: Engine, rid: str, created: int, decoding: Decoding,
+               ignored: list[int]) -> ChatCompletion:
+    """The response; ``usage.prompt_tokens`` are the context pieces the model read (Result.prompt_tokens)."""
+    usage_prompt = result.prompt_tokens
     choices = [Choice(index=i, message=AssistantMessage(content=r.text), finish_reason=FINISH[r.finish_reason],
                       seed=r.seed, score=r.score, ranking=r.ranking) for i, r in enumerate(result.replies)]
     completion_tokens = sum(r.tokens for r in result.replies)
@@ -122,11 +112,8 @@ def _unknown_model(name: str, engine: Engine) -> OpenAIError:
                             "(GET /v1/models)", param="model", code="model_not_found")
 
 
-def router(settings: Settings) -> APIRouter:
-    from model.bundle import DEFAULT_BUNDLE, model_limits
-
-    limits = model_limits(settings.bundle or DEFAULT_BUNDLE)
-    Body = chat_request_model(settings, limits["max_decode_len"] if limits else None)
+def router(Body: type[ChatRequestBase]) -> APIRouter:
+    """The /v1 routes on their request body (app.openai_schemas.chat_request_model: this deployment's limits)."""
     r = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
     @r.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS)
@@ -146,20 +133,22 @@ def router(settings: Settings) -> APIRouter:
                                 max_tokens=max_tokens_of(body.max_tokens, body.max_completion_tokens),
                                 rerank=body.rerank)
         try:
-            result = await rt.generate(req, rid)
+            result = await rt.generate(engine, req, rid)
         except InputError as e:
             loc: list[Any] = list(e.loc)
             if loc[:1] == ["context"]:
                 loc = ["messages", first[loc[1]], "content"] if len(loc) > 1 else ["messages"]
             param = ".".join(str(x) for x in loc)
             raise OpenAIError(400, f"{param}: {e.msg}", param=param, code="invalid_value") from None
-        n_prompt = await asyncio.to_thread(prompt_tokens, engine, turns)
+        if not result.replies:  # every candidate came out empty: no choice to give, and choices[0] must exist
+            raise OpenAIError(500, f"the model wrote no reply to this dialog: all {result.candidates} candidates "
+                                   "were empty; retry with another seed", code="no_reply")
         sampled = strategy == "sample"
         decoding = Decoding(strategy=strategy, temperature=temperature if sampled else None,  # type: ignore[arg-type]
                             top_p=top_p if sampled else None, rerank=result.reranked,
                             latent_temperature=(engine.latent_temperature if body.latent_temperature is None
                                                 else body.latent_temperature))
-        return completion(result, engine, rid, created, n_prompt, decoding, ignored)
+        return completion(result, engine, rid, created, decoding, ignored)
 
     @r.get("/models", response_model=ModelList, responses={401: ERRORS[401], 503: ERRORS[503]})
     def models(rt: RuntimeDep) -> ModelList:

@@ -10,8 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..engine import GenerationRequest, InputError
 from ..runtime import RuntimeDep
-from ..schemas import ModelRef, PriorOut, ReplyOut, RespondRequestBase, RespondResponse, request_model
-from ..settings import Settings
+from ..schemas import ModelRef, PriorOut, ReplyOut, RespondRequestBase, RespondResponse
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="only when the server has an API key (DIALOG_API_KEY)")
@@ -38,11 +37,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def router(settings: Settings) -> APIRouter:
-    from model.bundle import DEFAULT_BUNDLE, model_limits
-
-    limits = model_limits(settings.bundle or DEFAULT_BUNDLE)
-    Body = request_model(settings, limits["max_decode_len"] if limits else None)
+def router(Body: type[RespondRequestBase]) -> APIRouter:
+    """The /respond route on its request body (app.schemas.request_model: this deployment's limits)."""
     r = APIRouter(tags=["dialog"])
 
     @r.post("/respond", response_model=RespondResponse, responses=ERRORS,
@@ -52,20 +48,15 @@ def router(settings: Settings) -> APIRouter:
         body = cast(RespondRequestBase, body)  # for the type checker: Body is built at run time from this base
         engine = rt.require_engine()
         rid = request.state.request_id
-        if body.latents is not None and "n" in body.model_fields_set and body.n != len(body.latents):
-            raise RequestValidationError([{
-                "type": "value_error", "loc": ("body", "n"), "input": body.n,
-                "msg": f"n is {body.n} but {len(body.latents)} latent codes were given (one reply each): "
-                       "leave n out or make them agree"}])
         try:
-            result = await rt.generate(GenerationRequest(**body.model_dump()), rid)
+            result = await rt.generate(engine, GenerationRequest(**body.model_dump()), rid)
         except InputError as e:
             raise RequestValidationError([{"type": "value_error", "loc": ("body", *e.loc), "msg": e.msg,
                                            "input": e.value}]) from None
         return RespondResponse(
             replies=[ReplyOut(**{k: getattr(r, k) for k in ReplyOut.model_fields}) for r in result.replies],
             n_requested=result.n_requested, n_returned=result.n_returned,
-            duplicates_dropped=result.duplicates_dropped, seed=result.seed, candidates=result.candidates,
+            duplicates_dropped=result.duplicates_dropped, empty_dropped=result.empty_dropped, seed=result.seed, candidates=result.candidates,
             reranked=result.reranked,
             model=ModelRef(name=engine.bundle.name, sha256=engine.bundle.sha256),
             timing_ms=result.timing_ms, request_id=rid,

@@ -1,37 +1,11 @@
-"""Fixtures for the service tests: a tiny bundle built once per session, and apps/clients on it."""
+"""Fixtures for the service tests: apps, clients and servers on the tiny bundle (tests/conftest.py)."""
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-
-from model.bundle import save_bundle
-from model.config import preset
-from model.cvae import CVAE
-from model.tokenizer import Tokenizer
-from harness.words import sentence
-
-def synthetic_sentences(k: int = 60, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [sentence(rng, 3, 9) for _ in range(k)]
-
-
-def build_tiny_bundle(out: Path) -> Path:
-    torch.manual_seed(0)
-    tokenizer = Tokenizer.train(synthetic_sentences(), vocab_size=64)
-    model = CVAE(preset("tiny", vocab_size=tokenizer.vocab_size, max_decode_len=12))
-    model.eval()
-    save_bundle(out, model, tokenizer, name="tiny", text_style="plain")
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 
 
 @pytest.fixture

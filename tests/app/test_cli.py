@@ -34,9 +34,19 @@ def test_respond_command(tiny_bundle):
     r = run("respond", "--bundle", str(tiny_bundle), "hi there", "-n", "3", "--seed", "1")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("# seed 1; 3 of 3 replies") and len(lines) == 4
+    assert lines[0].startswith("# seed 1; 3 of 3 replies") and len(lines) == 5
+    assert "in the order the reranker picked them" in lines[0] and lines[1].split()[:4] == ["#", "mmr", "rank", "score"]
+    rows = [line.split() for line in lines[2:]]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    mmr = [float(row[1]) for row in rows]
+    assert mmr == sorted(mmr, reverse=True)  # the order shown is the order used
     r2 = run("respond", "--bundle", str(tiny_bundle), "hi there", "-n", "3", "--seed", "1")
     assert r2.stdout == r.stdout  # same seed, same replies
+
+
+def test_respond_refuses_sampling_flags_with_greedy_decoding(tiny_bundle):
+    r = run("respond", "--bundle", str(tiny_bundle), "hi there", "--temperature", "0.5")
+    assert r.returncode == 2 and "strategy 'sample' only" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_respond_command_json(tiny_bundle):
@@ -180,3 +190,14 @@ def test_every_setting_has_its_flag():
     args = serve_parser().parse_args(["--anti-lm", "reply_lm", "--no-warmup"])
     assert args.anti_lm == "reply_lm" and args.warmup is False
     assert respond_parser().parse_args(["hi", "--anti-lm", "probes"]).anti_lm == "probes"
+
+
+def test_serve_with_an_anti_lm_the_bundle_lacks_says_so_in_one_line(tiny_bundle):
+    r = run("--bundle", str(tiny_bundle), "--anti-lm", "reply_lm", "--port", "0", "--no-warmup")
+    assert r.returncode == 3, r.stderr
+    assert "no reply language model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_respond_with_an_anti_lm_the_bundle_lacks_says_so_in_one_line(tiny_bundle):
+    r = run("respond", "--bundle", str(tiny_bundle), "--anti-lm", "reply_lm", "hi there")
+    assert r.returncode == 2 and "no reply language model" in r.stderr and "Traceback" not in r.stderr

@@ -109,11 +109,11 @@ def test_openai_client_models_auth_and_errors(make_server):
 # ----- the mapping, through the app ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("temperature, top_p, expected", [
-    (None, None, ("greedy", 1.0, 1.0)),  # absent: the service's decoding, not OpenAI's temperature 1
-    (None, 1.0, ("greedy", 1.0, 1.0)),
-    (0, None, ("greedy", 1.0, 1.0)),
-    (0, 0.5, ("greedy", 1.0, 1.0)),
-    (None, 0, ("greedy", 1.0, 1.0)),
+    (None, None, ("greedy", None, None)),  # absent: the service's decoding, not OpenAI's temperature 1
+    (None, 1.0, ("greedy", None, None)),
+    (0, None, ("greedy", None, None)),
+    (0, 0.5, ("greedy", None, None)),
+    (None, 0, ("greedy", None, None)),
     (1, None, ("sample", 1.0, 1.0)),  # an explicit 1 samples, as on OpenAI
     (0.7, 0.9, ("sample", 0.7, 0.9)),
     (2, None, ("sample", 2.0, 1.0)),

@@ -22,7 +22,7 @@ def test_response_shape(client):
     r = client.post("/respond", json={"context": CTX, "n": 3, "seed": 7})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"replies", "n_requested", "n_returned", "duplicates_dropped", "seed", "model",
+    assert set(body) == {"replies", "n_requested", "n_returned", "duplicates_dropped", "empty_dropped", "seed", "model",
                          "timing_ms", "request_id", "candidates", "reranked", "prior"}
     assert body["prior"] is None  # only with return_latents
     assert body["reranked"] is True and body["candidates"] >= 15  # 5 candidates per reply by default
@@ -32,7 +32,7 @@ def test_response_shape(client):
     assert body["timing_ms"]["total"] >= 0
     for x in body["replies"]:
         assert set(x) == {"text", "score", "tokens", "finish_reason", "sample_index", "seed", "latent", "ranking"}
-        assert set(x["ranking"]) == {"likelihood", "anti_lm", "rank"}
+        assert set(x["ranking"]) == {"likelihood", "anti_lm", "rank", "mmr"}
         assert x["ranking"]["likelihood"] == pytest.approx(x["score"])
         assert x["text"].strip()  # an empty reply is never returned
         assert x["finish_reason"] in ("eos", "length") and x["latent"] is None
@@ -209,3 +209,54 @@ def test_the_event_loop_stays_free_while_a_request_is_prepared(make_client, monk
     assert out["r"].status_code == 200 and out["r"].json()["n_returned"] == 1
     assert bad.status_code == 422
     assert [e["loc"] for e in bad.json()["detail"]] == [["body", "context", 1]]
+
+
+@pytest.mark.parametrize("fields, loc", [
+    ({"temperature": 0.5}, ["body", "temperature"]),  # greedy decoding would ignore it
+    ({"top_p": 0.5}, ["body", "top_p"]),
+    ({"rerank": False, "candidates": 8}, ["body", "candidates"]),  # candidates count only when reranking
+    ({"latents": [[0.0] * 8], "latent_temperature": 0.3}, ["body", "latent_temperature"]),
+    ({"latents": [[0.0] * 8], "rerank": True}, ["body", "rerank"]),
+    ({"latents": [[0.0] * 8], "n": 2}, ["body", "n"]),
+])
+def test_fields_that_would_change_nothing_are_refused(client, fields, loc):
+    r = client.post("/respond", json={"context": CTX, **fields})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == loc
+
+
+def test_a_wrong_size_latent_code_is_echoed(client):
+    r = client.post("/respond", json={"context": CTX, "latents": [[0.0] * 8, [1.0, 2.0]]})
+    assert r.status_code == 422
+    d = r.json()["detail"][0]
+    assert d["loc"] == ["body", "latents", 1] and d["input"] == [1.0, 2.0]
+
+
+def test_empty_replies_are_counted_apart_from_duplicates(client, monkeypatch):
+    import model.decoding
+
+    decode = model.decoding.decode
+
+    def half_empty(*args, **kwargs):  # every other row comes out empty
+        out = decode(*args, **kwargs)
+        out.tokens = [[] if i % 2 else t for i, t in enumerate(out.tokens)]
+        return out
+
+    monkeypatch.setattr(model.decoding, "decode", half_empty)
+    body = post(client, n=4, seed=5, dedupe=False, rerank=False)
+    assert body["duplicates_dropped"] == 0 and body["empty_dropped"] >= 2
+    assert all(r["text"] for r in body["replies"])
+
+
+def test_reranked_replies_carry_the_value_they_were_picked_with(client):
+    body = post(client, n=5, seed=12)
+    mmr = [r["ranking"]["mmr"] for r in body["replies"] if r["finish_reason"] == "eos"]
+    assert mmr == sorted(mmr, reverse=True)
+    assert all(r["ranking"]["mmr"] <= r["ranking"]["rank"] + 1e-9 for r in body["replies"])
+
+
+def test_the_schema_bounds_the_seed_with_an_integer(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    for name, field in (("RespondRequest", "seed"), ("ChatCompletionRequest", "seed")):
+        seed = next(s for s in schema[name]["properties"][field]["anyOf"] if s.get("type") == "integer")
+        assert seed["maximum"] == 2**63 - 2 and isinstance(seed["maximum"], int) and "exclusiveMaximum" not in seed

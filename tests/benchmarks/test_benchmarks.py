@@ -64,7 +64,7 @@ def test_contexts_fall_back_without_data(tmp_path):
 
 def test_decode_step_cli_counts_one_host_read_per_step(tmp_path):
     from benchmarks.decode_step import main
-    from tests.app.conftest import build_tiny_bundle
+    from tests.conftest import build_tiny_bundle
 
     out = main(["--bundle", str(build_tiny_bundle(tmp_path / "tiny")), "--rows", "1,3", "--repeats", "1",
                 "--json", str(tmp_path / "d.json")])
@@ -76,7 +76,7 @@ def test_decode_step_cli_counts_one_host_read_per_step(tmp_path):
 
 def test_loop_stall_cli_runs_maximum_size_requests(tmp_path):
     from benchmarks.loop_stall import main
-    from tests.app.conftest import build_tiny_bundle
+    from tests.conftest import build_tiny_bundle
 
     out = main(["--bundle", str(build_tiny_bundle(tmp_path / "tiny")), "--requests", "1,2", "--repeats", "1"])
     assert [r["requests"] for r in out["results"]] == [1, 2]

@@ -8,7 +8,7 @@ import torch
 from model.bundle import load_bundle, save_bundle, write_manifest
 from model.config import CVAEConfig, preset
 from model.cvae import CVAE
-from model.decoding import decode, sequence_logprob
+from model.decoding import decode
 from model.tokenizer import Tokenizer
 
 from tests.model.test_cvae import make_batch
@@ -50,7 +50,7 @@ def test_legacy_path_is_unchanged():
     d = decode(model, cond, mu, 8)
     assert d.tokens == [[17, 17, 17, 17, 22, 35, 22, 22]] * 4
     assert d.logprob == pytest.approx([-32.245811, -32.24473, -32.244792, -32.2462], rel=1e-4)
-    assert sequence_logprob(model, cond, mu, d.tokens) == pytest.approx(
+    assert model.sequence_logprob(cond, mu, d.tokens) == pytest.approx(
         [-36.869836, -36.868696, -36.868786, -36.870234], rel=1e-4)
     model.train()
     torch.manual_seed(2)
@@ -229,7 +229,7 @@ def test_the_style_does_not_touch_a_plain_cvae():
 
 @pytest.mark.parametrize("style", ["zhao", "legacy"])
 def test_bundles_load_with_their_style_and_decode_as_saved(tmp_path, style):
-    from tests.app.conftest import synthetic_sentences
+    from tests.conftest import synthetic_sentences
 
     tok = Tokenizer.train(synthetic_sentences(), vocab_size=64)
     model = kg_model(style, vocab_size=tok.vocab_size)

@@ -89,7 +89,7 @@ def test_quantization_refuses_a_model_off_the_cpu():
 
 @needs_int8
 def test_load_bundle_quantize(tmp_path):
-    from tests.app.conftest import build_tiny_bundle
+    from tests.conftest import build_tiny_bundle
 
     path = build_tiny_bundle(tmp_path / "tiny")
     plain = load_bundle(path)
@@ -108,7 +108,6 @@ def test_default_bundle_int8_scores_stay_close_to_fp32():
     """The int8 decoder scores the fp32 model's replies within 0.1 nats per token of fp32. (Exact int8 strings
     depend on the CPU's integer kernels, so they are not pinned.)"""
     from app.engine import Engine
-    from model.decoding import sequence_logprob
 
     fp32 = Engine.from_bundle(DEFAULT_BUNDLE, device="cpu", torch_threads=1)
     res = fp32.respond(CONTEXT, n=5, seed=0, dedupe=False, rerank=False)
@@ -117,12 +116,12 @@ def test_default_bundle_int8_scores_stay_close_to_fp32():
         warnings.simplefilter("ignore")
         int8 = Engine.from_bundle(DEFAULT_BUNDLE, device="cpu", torch_threads=1, quantize="int8")
     assert int8.info()["quantize"] == "int8"
-    from model.generate import encode_contexts
+    from model.inputs import encode_contexts
 
-    cond = encode_contexts(fp32.bundle, [CONTEXT])
+    cond = encode_contexts(fp32.bundle, [CONTEXT])[0]
     z = cond.new_zeros(len(tokens), fp32.config.latent_dim)
-    a = sequence_logprob(fp32.model, cond.expand(len(tokens), -1), z, tokens)
-    b = sequence_logprob(int8.model, cond.expand(len(tokens), -1), z, tokens)
+    a = fp32.model.sequence_logprob(cond.expand(len(tokens), -1), z, tokens)
+    b = int8.model.sequence_logprob(cond.expand(len(tokens), -1), z, tokens)
     for x, y, t in zip(a, b, tokens):
         assert abs(x - y) / (len(t) + 1) < 0.1
     replies = int8.respond(CONTEXT, n=5, seed=0).replies
@@ -136,7 +135,7 @@ def test_service_setting_and_cli_flag(tmp_path, monkeypatch):
     from app.__main__ import respond_parser, serve_parser
     from app.engine import Engine
     from app.settings import Settings
-    from tests.app.conftest import build_tiny_bundle
+    from tests.conftest import build_tiny_bundle
 
     monkeypatch.setenv("DIALOG_QUANTIZE", "int8")
     assert Settings().quantize == "int8"

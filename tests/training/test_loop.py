@@ -61,7 +61,7 @@ def test_train_writes_metrics_checkpoint_and_bundle(synthetic_corpus, tmp_path):
     # the reranker's reply model covers the training replies: each seen bigram counted, the model's vocabulary
     assert bundle.reply_lm is not None and bundle.reply_lm.vocab_size == bundle.config.vocab_size
     assert bundle.reply_lm.counts.sum() > 24 and len(bundle.reply_lm) > 10
-    from model.generate import AntiLM
+    from model.rerank import AntiLM
     assert AntiLM(bundle).kind == "probes"
     reply = bundle.tokenizer.encode("hello")
     assert AntiLM(bundle, "reply_lm").logprob([reply, []]) == [bundle.reply_lm.logprobs([reply])[0], 0.0]

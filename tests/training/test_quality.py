@@ -104,7 +104,7 @@ def test_fleiss_kappa_perfect_and_chance():
 
 
 def test_quality_cli_end_to_end_on_a_tiny_bundle(tmp_path, synthetic_corpus):
-    from tests.app.conftest import build_tiny_bundle
+    from tests.conftest import build_tiny_bundle
     from training.__main__ import main
 
     bundle = build_tiny_bundle(tmp_path / "b")

@@ -1,0 +1,46 @@
+"""The scaling probe's report: curves read from run folders, the fit recovers a known law, the winner at the
+budget is the run the law says."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training.report.scaling import law, scaling
+
+
+def write_run(folder, a: float, b: float, c: float, cpu_per_step: float, steps: int = 1600) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model": {"preset": "tiny"}, "train": {"steps": steps}}))
+    rows = []
+    for i in range(1, 17):
+        step = steps * i // 16
+        cpu = step * cpu_per_step
+        beta = 0.5 if i % 4 == 1 else 1.0  # the first point of each cycle is on the ramp
+        elbo = float(law(cpu / 3600, a, b, c)) + (5.0 if beta < 1 else 0.0)  # off the law: must not be fitted
+        rows.append({"step": step, "cpu_s": cpu, "wall_s": cpu, "beta": beta})
+        rows.append({"step": step, "split": "valid", "cpu_s": cpu, "wall_s": cpu, "beta": beta, "elbo": elbo,
+                     "kl": 1.0, "rc_ppl": 50.0})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_fit_recovers_the_law_and_picks_the_size_that_wins_at_the_budget(tmp_path):
+    # small: better early, flatter; large: worse early, lower asymptote -> wins at a long budget
+    write_run(tmp_path / "small", a=80.0, b=6.0, c=0.5, cpu_per_step=1.0)
+    write_run(tmp_path / "large", a=70.0, b=14.0, c=0.5, cpu_per_step=1.0)
+    rep = scaling([tmp_path / "small", tmp_path / "large"], tmp_path / "out", budget_cpu_h=24.0)
+    fits = {r["name"]: r["fit"] for r in rep["runs"]}
+    assert fits["small"]["a"] == pytest.approx(80.0, abs=0.5) and fits["large"]["c"] == pytest.approx(0.5, abs=0.05)
+    assert fits["small"]["points"] == 12  # the ramp points are left out
+    assert rep["winner"] == "large"
+    assert rep["runs"][0]["at_budget"] == pytest.approx(80.0 + 6.0 * 24 ** -0.5, abs=0.3)
+    assert (tmp_path / "out" / "elbo-vs-cpu.png").stat().st_size > 0
+    assert "**large**" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cli_refuses_a_folder_without_metrics(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "training", "scaling", str(tmp_path), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no metrics.jsonl" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,150 @@
+"""The scaling probe's report (`python -m training scaling`): validation ELBO against training CPU time for runs
+of several model sizes, each curve fitted and extrapolated to a longer budget.
+
+Each run's validation rows carry ``cpu_s``, the CPU seconds its process spent in the loop (all threads, over
+every resume; training.loop), so runs paused, resumed or sharing the machine compare on the work they got. The
+fit uses the validation points at beta = 1 (the cyclical schedule's ramps raise the KL and with it the ELBO):
+
+    ELBO(t) = a + b * t^(-c)        t in CPU hours, a >= 0, b >= 0, 0 < c <= 3
+
+and the report gives each size's fitted ELBO at the budget asked for, with the size that is lowest there. The
+fit extrapolates a 45-minute curve tens of times further, along a schedule that was not the long run's: it
+ranks the sizes, it does not predict the long run's ELBO to the nat.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runs import read_metrics
+
+log = logging.getLogger("training.report")
+
+
+def parameters(run_dir: Path) -> int | None:
+    """The model's parameter count, from the shapes in the run's checkpoint (no tensor is read)."""
+    from safetensors import safe_open
+
+    path = run_dir / "checkpoint.safetensors"
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("model."))
+
+
+def curve(run_dir: Path) -> dict[str, Any]:
+    train, valid = read_metrics(run_dir / "metrics.jsonl")
+    rows = [r for r in valid if "cpu_s" in r]
+    train = [r for r in train if "cpu_s" in r]
+    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    return {"name": run_dir.name, "dir": str(run_dir), "model": cfg.get("model", {}),
+            "steps": cfg.get("train", {}).get("steps"), "parameters": parameters(run_dir),
+            "points": [{"step": r["step"], "cpu_h": r["cpu_s"] / 3600, "beta": r["beta"], "elbo": r["elbo"],
+                        "kl": r["kl"], "rc_ppl": r["rc_ppl"]} for r in rows],
+            "last_step": train[-1]["step"] if train else 0, "cpu_h": train[-1]["cpu_s"] / 3600 if train else 0.0,
+            "wall_h": train[-1]["wall_s"] / 3600 if train else 0.0}
+
+
+def law(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a + b * np.power(t, -c)
+
+
+def fit(points: list[dict[str, Any]]) -> dict[str, float] | None:
+    """(a, b, c) of :func:`law` over the beta = 1 points, None with fewer than 4 of them."""
+    from scipy.optimize import curve_fit
+
+    pts = [p for p in points if p["beta"] >= 0.999 and p["cpu_h"] > 0]
+    if len(pts) < 4:
+        return None
+    t = np.array([p["cpu_h"] for p in pts])
+    y = np.array([p["elbo"] for p in pts])
+    try:
+        (a, b, c), _ = curve_fit(law, t, y, p0=(y.min() * 0.9, max(y.max() - y.min(), 1.0), 0.5),
+                                 bounds=([0.0, 0.0, 1e-3], [np.inf, np.inf, 3.0]), maxfev=20000)
+    except (RuntimeError, ValueError) as e:
+        log.warning("no fit: %s", e)
+        return None
+    rmse = float(np.sqrt(np.mean((law(t, a, b, c) - y) ** 2)))
+    return {"a": float(a), "b": float(b), "c": float(c), "rmse": rmse, "points": len(pts)}
+
+
+def scaling(run_dirs: list[Path], out_dir: Path, budget_cpu_h: float) -> dict[str, Any]:
+    """Writes out_dir/report.md, report.json and elbo-vs-cpu.png; returns the report.json content."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [curve(Path(d)) for d in run_dirs if (Path(d) / "metrics.jsonl").exists()]
+    if not runs:
+        raise ValueError("scaling: none of the run folders has a metrics.jsonl")
+    for r in runs:
+        r["fit"] = fit(r["points"])
+        r["at_budget"] = (float(law(np.array([budget_cpu_h]), r["fit"]["a"], r["fit"]["b"], r["fit"]["c"])[0])
+                          if r["fit"] else None)
+        r["best_elbo"] = min((p["elbo"] for p in r["points"]), default=None)
+    fitted = [r for r in runs if r["at_budget"] is not None]
+    winner = min(fitted, key=lambda r: r["at_budget"])["name"] if fitted else None
+    _plot(runs, budget_cpu_h, out_dir / "elbo-vs-cpu.png")
+    report = {"budget_cpu_h": budget_cpu_h, "winner": winner, "runs": runs, "law": "elbo = a + b * cpu_h^-c"}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(_markdown(report))
+    log.info("wrote %s (lowest fitted ELBO at %g CPU hours: %s)", out_dir / "report.md", budget_cpu_h, winner)
+    return report
+
+
+def _plot(runs: list[dict[str, Any]], budget: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        t = [p["cpu_h"] for p in r["points"]]
+        y = [p["elbo"] for p in r["points"]]
+        line, = ax.plot(t, y, "o-", ms=3, label=f"{r['name']} ({(r['parameters'] or 0) / 1e6:.1f} M)")
+        bx.plot(t, y, "o", ms=3, color=line.get_color())
+        if r["fit"]:
+            grid = np.geomspace(min(t), budget, 200)
+            bx.plot(grid, law(grid, r["fit"]["a"], r["fit"]["b"], r["fit"]["c"]), "-", color=line.get_color(),
+                    label=f"{r['name']}: {r['at_budget']:.1f} at {budget:g} h")
+    for a in (ax, bx):
+        a.set_xlabel("training CPU hours")
+        a.set_ylabel("validation ELBO, nats per reply")
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
+    ax.set_title("the probe")
+    bx.set_xscale("log")
+    bx.axvline(budget, color="grey", lw=0.8, ls="--")
+    bx.set_title("fits on the beta = 1 points, extrapolated")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    b = report["budget_cpu_h"]
+    lines = ["# Scaling probe: validation ELBO against training CPU time", "",
+             f"Fit: `{report['law']}` on each run's validation points at beta = 1; ELBO in nats per validation "
+             f"reply; extrapolated to {b:g} CPU hours.", "",
+             "![ELBO against CPU time](elbo-vs-cpu.png)", "",
+             "| run | parameters | steps | CPU h | wall h | best valid ELBO | last valid ELBO | a | b | c | fit rmse | "
+             f"ELBO at {b:g} CPU h |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["runs"]:
+        f = r["fit"] or {}
+        last = r["points"][-1]["elbo"] if r["points"] else float("nan")
+
+        def cell(k: str, f: dict = f) -> str:
+            return f"{f[k]:.3g}" if k in f else "-"
+
+        lines.append(f"| {r['name']} | {(r['parameters'] or 0) / 1e6:.2f} M | {r['last_step']} | {r['cpu_h']:.2f} | "
+                     f"{r['wall_h']:.2f} | {r['best_elbo']:.2f} | {last:.2f} | {cell('a')} | {cell('b')} | "
+                     f"{cell('c')} | {cell('rmse')} | "
+                     f"{'-' if r['at_budget'] is None else format(r['at_budget'], '.2f')} |")
+    lines += ["", f"Lowest fitted ELBO at {b:g} CPU hours: **{report['winner']}**.", ""]
+    return "\n".join(lines)
