@@ -360,3 +360,20 @@ def test_metrics_count_the_routes_and_replies(client):
     assert value("dialog_http_requests_total", 'route="/v1/chat/completions"', 'method="POST"', 'status="200"') == 1
     assert value("dialog_http_requests_total", 'route="/v1/models"', 'method="GET"', 'status="200"') == 1
     assert value("dialog_replies_total") >= 2
+
+
+def test_no_reply_is_an_error_not_empty_choices(client, monkeypatch):
+    """When every candidate comes out empty there is no choice to give: a clear error, never "choices": []
+    (clients read choices[0])."""
+    decode = model.decoding.decode
+
+    def all_empty(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        out.tokens = [[] for _ in out.tokens]
+        return out
+
+    monkeypatch.setattr(model.decoding, "decode", all_empty)
+    e = error(client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER, "n": 2, "seed": 1}), 500)
+    assert e["code"] == "no_reply" and e["type"] == "server_error" and "empty" in e["message"]
+    r = client.post("/respond", json={"context": CTX, "n": 2, "seed": 1})  # /respond says so in its counts
+    assert r.status_code == 200 and r.json()["replies"] == [] and r.json()["empty_dropped"] > 0
