@@ -89,6 +89,7 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("mmi_weight", float, "weight of the term against generic replies (0: likelihood only)"),
     ("diversity", float, "weight of the similarity penalty between chosen replies"),
     ("anti_lm", str, "probes or reply_lm: how the term against generic replies estimates log p(reply)"),
+    ("coherence_weight", float, "weight of the response-selection head's coherence term (bundles with the head)"),
 ]
 
 
@@ -144,7 +145,7 @@ def serve_parser() -> argparse.ArgumentParser:
 # under the DIALOG_MAX_TOKENS limit.
 RESPOND_SETTINGS = {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds", "quantize", "lexicon", "rerank",
                     "candidates_per_reply", "max_candidates", "mmi_weight", "diversity", "latent_temperature",
-                    "anti_lm"}
+                    "anti_lm", "coherence_weight"}
 
 
 def respond_parser() -> argparse.ArgumentParser:
@@ -259,7 +260,7 @@ def serve(argv: list[str]) -> int:
 
 def respond(argv: list[str]) -> int:
     from model.bundle import BundleError
-    from model.rerank import AntiLMError
+    from model.rerank import RerankError
 
     from .engine import Engine, InputError
 
@@ -277,7 +278,7 @@ def respond(argv: list[str]) -> int:
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 max_tokens=args.max_tokens,
                                 dedupe=args.dedupe)
-    except (BundleError, AntiLMError, InputError) as e:
+    except (BundleError, RerankError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -69,7 +69,8 @@ class Engine:
                  candidates_per_reply: int = reranking.DEFAULT_CANDIDATES_PER_REPLY,
                  latent_temperature: float = reranking.DEFAULT_LATENT_TEMPERATURE,
                  max_candidates: int = 64, mmi_weight: float = reranking.DEFAULT_MMI_WEIGHT,
-                 diversity: float = reranking.DEFAULT_DIVERSITY, anti_lm: str = "probes"):
+                 diversity: float = reranking.DEFAULT_DIVERSITY, anti_lm: str = "probes",
+                 coherence_weight: float = 0.0):
         if quantize != "none":
             quantize_decoder(bundle.model, quantize)  # int8 decoder: see model.quantize
         self.quantize = quantize
@@ -79,7 +80,8 @@ class Engine:
         self.pipeline = ReplyPipeline(
             bundle, ReplySettings(lexicon=lexicon, rerank=rerank, candidates_per_reply=candidates_per_reply,
                                   latent_temperature=latent_temperature, mmi_weight=mmi_weight,
-                                  diversity=diversity, anti_lm=anti_lm, dedupe_rounds=dedupe_rounds),
+                                  diversity=diversity, anti_lm=anti_lm, coherence_weight=coherence_weight,
+                                  dedupe_rounds=dedupe_rounds),
             Limits(max_turns=max_turns, max_turn_chars=max_turn_chars, max_n=max_n,
                    max_tokens=max_tokens or bundle.config.max_decode_len, max_candidates=max_candidates))
         self.settings = self.pipeline.settings
@@ -92,7 +94,7 @@ class Engine:
     def from_bundle(cls, path: str | Path | None = None, device: str = "auto", torch_threads: int = 0,
                     **options: Any) -> "Engine":
         """Load a bundle (default: model.bundle.DEFAULT_BUNDLE); raises model.bundle.BundleError, and
-        model.rerank.AntiLMError when the bundle lacks the anti-LM asked for."""
+        model.rerank.RerankError when the bundle lacks the anti-LM asked for."""
         set_torch_threads(torch_threads)
         return cls(load_bundle(path or DEFAULT_BUNDLE, pick_device(device)), **options)
 
@@ -180,7 +182,8 @@ class Engine:
                 "lexicon_words": len(constraint.lexicon) if constraint else 0,
                 "rerank": s.rerank, "candidates_per_reply": s.candidates_per_reply,
                 "latent_temperature": s.latent_temperature, "max_candidates": self.pipeline.limits.max_candidates,
-                "mmi_weight": s.mmi_weight, "diversity": s.diversity, "anti_lm": self.pipeline.anti_lm.kind}
+                "mmi_weight": s.mmi_weight, "diversity": s.diversity, "anti_lm": self.pipeline.anti_lm.kind,
+                "coherence_weight": s.coherence_weight}
 
     # ----- one step of the batching thread (or of the caller's thread in local use) ---------------------------
     def _step(self, jobs: list[Job]) -> None:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from model.bundle import DEFAULT_BUNDLE, BundleError, load_bundle, model_limits
-from model.rerank import AntiLMError
+from model.rerank import RerankError
 
 from . import errors
 from .engine import Engine, pick_device, set_torch_threads
@@ -41,7 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise BundleError(f"{e}{hint}") from None
     try:
         engine = Engine(bundle, observer=rt.metrics.observer(), **s.engine_options())  # type: ignore[arg-type]
-    except AntiLMError as e:  # settings the bundle cannot serve: one line, as for a bundle that cannot load
+    except RerankError as e:  # settings the bundle cannot serve: one line, as for a bundle that cannot load
         log.error("cannot serve the model bundle with these settings: %s", e)
         raise BundleError(str(e)) from None
     engine.start()

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
                                                            "generic replies (0: likelihood only)")
     diversity: float = Field(rr.DEFAULT_DIVERSITY, ge=0, le=10, description="weight of the similarity penalty of the "
                                                            "maximal-marginal-relevance choice")
+    coherence_weight: float = Field(0.0, ge=0, le=10, description="weight of the response-selection head's "
+                                    "coherence term in the reranking (needs a bundle whose model has the head)")
     anti_lm: Literal["probes", "reply_lm"] = Field(
         "probes", description="how the anti-language-model term estimates log p(reply): the decoder over probe "
                               "contexts (probes), or the bundle's bigram model of training replies (reply_lm: "
@@ -64,7 +66,8 @@ class Settings(BaseSettings):
                     quantize=self.quantize, lexicon=self.lexicon, rerank=self.rerank,
                     candidates_per_reply=self.candidates_per_reply, max_candidates=self.max_candidates,
                     latent_temperature=self.latent_temperature,
-                    mmi_weight=self.mmi_weight, diversity=self.diversity, anti_lm=self.anti_lm)
+                    mmi_weight=self.mmi_weight, diversity=self.diversity, anti_lm=self.anti_lm,
+                    coherence_weight=self.coherence_weight)
 
     # Access.
     api_key: SecretStr | None = Field(None, description="when set, /respond and /v1/... need "

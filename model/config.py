@@ -42,6 +42,10 @@ class CVAEConfig:
     # project's first kgCVAE (initial state only, argmax act, raw embedding), kept so that models trained with it
     # load and decode as before: a stored config without the field is legacy (see from_stored).
     kgcvae_style: str = "zhao"
+    # Response selection (PLATO's RS objective, Bao et al. 2020): does this reply follow this context? A head
+    # scoring (c, x) pairs, trained beside the CVAE against other replies of the batch and a turn from elsewhere
+    # in the same dialog; the reranker's coherence term. 0: no head.
+    rs_dim: int = 0
     # Regularisation.
     dropout: float = 0.0
     word_dropout: float = 0.0  # probability of replacing a decoder input token with <unk>

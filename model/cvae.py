@@ -20,6 +20,15 @@ The training objective (weighed by the loop, the model never sees beta) is
 where rc_loss = -log p(x | c, z) summed over the response's tokens (mean over the batch),
 kl = KL(q || p) in nats per response, bow_loss the bag-of-words auxiliary loss -sum_t log f(x_t)
 with f = softmax(MLP(c, z)), and act_loss = -log p(y | c, z).
+
+With ``rs_dim`` > 0 the model also has a response-selection head (the RS objective of PLATO, Bao et al., ACL
+2020: does this reply follow this context?): s(c, x) = RS_SCALE * cos(g(c), h(e(x))), g and h two-layer MLPs,
+e(x) the utterance encoder's vector of x (a cosine with a fixed temperature, as dual encoders score: an inner
+product let both MLPs saturate to constants that tell the batch's replies from the distractors and nothing
+else). ``rs_loss`` is the cross-entropy of picking the true response among
+the batch's responses and each example's turn from elsewhere in its dialog (nats per response); the loop weighs
+it with train.rs_weight. At serving, log softmax_i s(c, x_i) over a request's candidates is the reranker's
+coherence term (model.rerank).
 """
 from __future__ import annotations
 
@@ -32,6 +41,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from .config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CVAEConfig
 from .recurrent import SortedLengths, gru_layer, linear_cross_entropy
+
+
+RS_SCALE = 10.0  # the response-selection cosine's inverse temperature
 
 
 @dataclass
@@ -47,10 +59,13 @@ class Batch:
     resp_tokens: torch.Tensor | None = None  # (B, T) long: <s> x_1 ... x_n </s> PAD...
     resp_lens: torch.Tensor | None = None  # (B,) long, including <s> and </s>
     acts: torch.Tensor | None = None  # (B,) long, 0 = unknown
+    # response selection's negatives: another turn of the same dialog per example (training.batching)
+    dist_tokens: torch.Tensor | None = None  # (B, U) long: <s> ... </s> PAD...
+    dist_lens: torch.Tensor | None = None  # (B,) long
 
     # Lengths stay on the CPU: packing wants them there, and reading them from a GPU would
     # synchronise the device on every batch.
-    _HOST = ("ctx_lens", "ctx_turns", "resp_lens")
+    _HOST = ("ctx_lens", "ctx_turns", "resp_lens", "dist_lens")
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(**{k: (v.to(device, non_blocking=True)
@@ -176,6 +191,11 @@ class CVAE(nn.Module):
             self.act_embedding = nn.Embedding(cfg.n_acts, cfg.act_dim)
             self.act_predictor = nn.Sequential(nn.Linear(cfg.cond_dim + cfg.latent_dim, cfg.bow_hidden),
                                                nn.Tanh(), nn.Linear(cfg.bow_hidden, cfg.n_acts))
+        if cfg.rs_dim:
+            self.rs_context = nn.Sequential(nn.Linear(cfg.cond_dim, cfg.rs_dim), nn.Tanh(),
+                                            nn.Linear(cfg.rs_dim, cfg.rs_dim))
+            self.rs_response = nn.Sequential(nn.Linear(cfg.utt_dim, cfg.rs_dim), nn.Tanh(),
+                                             nn.Linear(cfg.rs_dim, cfg.rs_dim))
         self.dropout = nn.Dropout(cfg.dropout)
         self.reference = False
         self.reset_parameters()
@@ -218,8 +238,11 @@ class CVAE(nn.Module):
     def prior(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prior_net(cond)
 
-    def posterior(self, cond: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x_vec = self.utt_encoder(batch.resp_tokens, batch.resp_lens, self.embedding)  # (B, 2H)
+    def posterior(self, cond: torch.Tensor, batch: Batch,
+                  x_vec: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | c, x[, y]); ``x_vec`` (B, 2H), the response's utterance vector, when already computed."""
+        if x_vec is None:
+            x_vec = self.utt_encoder(batch.resp_tokens, batch.resp_lens, self.embedding)  # (B, 2H)
         parts = [cond, x_vec]
         if self.cfg.kgcvae:
             act = self.act_embedding(batch.acts)  # (B, A)
@@ -301,6 +324,33 @@ class CVAE(nn.Module):
         row = torch.arange(B, device=device).repeat_interleave(T).index_select(0, real)
         return torch.zeros(B, dtype=torch.float64, device=device).index_add_(0, row, tok).cpu().tolist()
 
+    def selection_scores(self, cond: torch.Tensor, x_vec: torch.Tensor) -> torch.Tensor:
+        """s(c_i, x_j) for every pair: cond (B, Dc), x_vec (N, 2H) -> (B, N)."""
+        g = F.normalize(self.rs_context(cond), dim=-1)  # (B, R)
+        h = F.normalize(self.rs_response(x_vec), dim=-1)  # (N, R)
+        return RS_SCALE * (g @ h.T)
+
+    def coherence(self, cond: torch.Tensor, tokens: list[list[int]]) -> list[float]:
+        """s(c_i, x_i) of each row: cond (B, Dc), tokens the replies' ids without <s> and </s>. Empty replies
+        score -inf. Needs the response-selection head (rs_dim > 0)."""
+        if not tokens:
+            return []
+        real = [i for i, t in enumerate(tokens) if t]
+        out = [float("-inf")] * len(tokens)
+        if not real:
+            return out
+        U = max(len(tokens[i]) for i in real) + 2
+        ids = torch.full((len(real), U), PAD_ID, dtype=torch.long)
+        for j, i in enumerate(real):
+            ids[j, :len(tokens[i]) + 2] = torch.tensor([BOS_ID, *tokens[i], EOS_ID])
+        lens = torch.tensor([len(tokens[i]) + 2 for i in real])
+        x_vec = self.utt_encoder(ids.to(cond.device), lens, self.embedding)  # (N, 2H)
+        g = F.normalize(self.rs_context(cond[real]), dim=-1)  # (N, R)
+        s = RS_SCALE * (g * F.normalize(self.rs_response(x_vec), dim=-1)).sum(-1)
+        for j, v in zip(real, s.float().cpu().tolist()):
+            out[j] = v
+        return out
+
     # ----- training -------------------------------------------------------------------------
     def _decoder_nll(self, inputs: torch.Tensor, state: torch.Tensor, targets: torch.Tensor,
                      resp_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,7 +401,8 @@ class CVAE(nn.Module):
         assert batch.resp_tokens is not None and batch.resp_lens is not None
         cond = self.encode(batch)
         mu_p, logvar_p = self.prior(cond)
-        mu_q, logvar_q = self.posterior(cond, batch)
+        x_vec = self.utt_encoder(batch.resp_tokens, batch.resp_lens, self.embedding)  # (B, 2H)
+        mu_q, logvar_q = self.posterior(cond, batch, x_vec)
         mu, logvar = (mu_p, logvar_p) if use_prior else (mu_q, logvar_q)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterised sample
         kgcvae_acts = batch.acts if self.cfg.kgcvae else None
@@ -394,4 +445,16 @@ class CVAE(nn.Module):
             losses["act_loss"] = (act_nll * act_mask).sum() / act_mask.sum().clamp(min=1)
         else:
             losses["act_loss"] = rc_nll_sum.new_zeros(())
+        if self.cfg.rs_dim:
+            candidates = x_vec
+            if batch.dist_tokens is not None and batch.dist_lens is not None:
+                dist = self.utt_encoder(batch.dist_tokens, batch.dist_lens, self.embedding)  # (B, 2H)
+                candidates = torch.cat([x_vec, dist])  # (2B, 2H): the batch's responses, then the distractors
+            scores = self.selection_scores(cond, candidates).float()  # (B, B or 2B)
+            target = torch.arange(B, device=scores.device)
+            losses["rs_loss"] = F.cross_entropy(scores, target)
+            losses["rs_acc"] = (scores.argmax(dim=1) == target).float().mean().detach()
+        else:
+            losses["rs_loss"] = rc_nll_sum.new_zeros(())
+            losses["rs_acc"] = rc_nll_sum.new_zeros(())
         return losses

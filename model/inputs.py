@@ -43,7 +43,8 @@ def serving_context(turn_ids: Sequence[Sequence[int]], dialog_start_id: int, max
 
 def collate(contexts: Sequence[Sequence[Sequence[int]]], flags: Sequence[Sequence[int]],
             responses: Sequence[Sequence[int]] | None = None, topics: Sequence[int] | None = None,
-            meta: Sequence[Sequence[float]] | None = None, acts: Sequence[int] | None = None) -> Batch:
+            meta: Sequence[Sequence[float]] | None = None, acts: Sequence[int] | None = None,
+            distractors: Sequence[Sequence[int]] | None = None) -> Batch:
     """Pad wrapped token lists into a :class:`Batch` (all tensors on CPU)."""
     B = len(contexts)
     C = max(len(c) for c in contexts)
@@ -74,6 +75,13 @@ def collate(contexts: Sequence[Sequence[Sequence[int]]], flags: Sequence[Sequenc
         batch.meta = torch.as_tensor(meta, dtype=torch.float32)
     if acts is not None:
         batch.acts = torch.as_tensor(acts, dtype=torch.long)
+    if distractors is not None:
+        U = max(len(d) for d in distractors)
+        dist = np.full((B, U), PAD_ID, dtype=np.int64)
+        for b, d in enumerate(distractors):
+            dist[b, :len(d)] = d
+        batch.dist_tokens = torch.from_numpy(dist)
+        batch.dist_lens = torch.tensor([len(d) for d in distractors], dtype=torch.long)
     return batch
 
 

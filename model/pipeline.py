@@ -73,6 +73,7 @@ class ReplySettings:
     mmi_weight: float = rr.DEFAULT_MMI_WEIGHT
     diversity: float = rr.DEFAULT_DIVERSITY
     anti_lm: str = "probes"
+    coherence_weight: float = 0.0  # the response-selection head's term (model.rerank); needs a model with one
     dedupe_rounds: int = 3  # extra rounds of rows drawn to replace empty and repeated replies
 
 
@@ -105,6 +106,7 @@ class Reply:
     latent: list[float] | None = None
     ranking: dict[str, float] | None = None  # model.rerank.Scored and the MMR value, when reranked
     logprob_null: float | None = field(default=None, repr=False)  # log p(r) of the reranker, nats
+    selection: float | None = field(default=None, repr=False)  # s(c, r) of the response-selection head
     n_scored: int = field(default=0, repr=False)
 
 
@@ -201,16 +203,23 @@ class ReplyJob:
         self.done = True
         return True
 
-    def result(self, mmi_weight: float, diversity: float) -> Result:
+    def result(self, mmi_weight: float, diversity: float, coherence_weight: float = 0.0) -> Result:
         """The n replies, best first: reranked, in the order maximal marginal relevance picks them
         (model.rerank.picks; ``ranking.mmr`` is the value each was picked with); else the samples by score."""
         if self.rerank:
+            coherence: list[float | None] = [None] * len(self.replies)
+            if coherence_weight:
+                coherence = list(rr.coherence_logprobs([r.selection if r.selection is not None else -math.inf
+                                                        for r in self.replies]))
             scored = [rr.score(r.score * max(r.n_scored, 1), r.logprob_null or 0.0, r.n_scored,
-                               r.finish_reason == "eos", mmi_weight) for r in self.replies]
+                               r.finish_reason == "eos", mmi_weight, c, coherence_weight)
+                      for r, c in zip(self.replies, coherence)]
             replies = []
             for i, mmr in rr.picks([r.text for r in self.replies], scored, self.n, diversity):
                 r, sc = self.replies[i], scored[i]
                 r.ranking = {"likelihood": sc.likelihood, "anti_lm": sc.anti_lm, "rank": sc.rank, "mmr": mmr}
+                if sc.coherence is not None:
+                    r.ranking["coherence"] = sc.coherence
                 replies.append(r)
         else:
             replies = sorted(self.replies, key=lambda r: (-r.score, r.sample_index))[:self.n]
@@ -239,7 +248,10 @@ class ReplyPipeline:
         self.banned = (PAD_ID, UNK_ID, BOS_ID, tok.dialog_start_id)
         self.constraint = (PieceConstraint(bundle.lexicon, tok.sp, self.banned)
                            if s.lexicon and bundle.lexicon is not None else None)
-        self.anti_lm = rr.AntiLM(bundle, s.anti_lm)  # raises rr.AntiLMError when the bundle lacks it
+        self.anti_lm = rr.AntiLM(bundle, s.anti_lm)  # raises rr.RerankError when the bundle lacks it
+        if s.coherence_weight and not cfg.rs_dim:
+            raise rr.RerankError(f"{bundle.path}: a coherence weight needs a model with a response-selection head "
+                                 "(model.rs_dim > 0, trained with train.rs_weight > 0); this one has none")
 
     # ----- prepare (no torch, but CPU work: servers call it off their event loop) ---------------------------
     def prepare(self, req: GenerationRequest, job_type: type[ReplyJob] = ReplyJob) -> ReplyJob:
@@ -365,6 +377,9 @@ class ReplyPipeline:
                               banned=self.banned, constraint=self.constraint)
         ranked = [j for j, r in enumerate(rows) if r.job.rerank]
         null_of = dict(zip(ranked, self.anti_lm.logprob([out.tokens[j] for j in ranked]))) if ranked else {}
+        sel_of: dict[int, float] = {}
+        if ranked and self.settings.coherence_weight:
+            sel_of = dict(zip(ranked, self.bundle.model.coherence(cond[ranked], [out.tokens[j] for j in ranked])))
         style, tok = self.bundle.text_style, self.bundle.tokenizer
         for j, (job, idx, zrow, _) in enumerate(rows):
             job.replies.append(Reply(
@@ -372,13 +387,13 @@ class ReplyPipeline:
                 tokens=len(out.tokens[j]), finish_reason=out.finish_reason[j], sample_index=idx,
                 seed=None if job.req.latents is not None else job.row_seed(idx),
                 latent=zrow.float().cpu().tolist() if job.req.return_latents else None,
-                logprob_null=null_of.get(j), n_scored=out.n_scored[j]))
+                logprob_null=null_of.get(j), selection=sel_of.get(j), n_scored=out.n_scored[j]))
 
     def end_round(self, job: ReplyJob) -> bool:
         return job.end_round(self.bundle.text_style)
 
     def result(self, job: ReplyJob) -> Result:
-        return job.result(self.settings.mmi_weight, self.settings.diversity)
+        return job.result(self.settings.mmi_weight, self.settings.diversity, self.settings.coherence_weight)
 
     def run(self, job: ReplyJob, max_rows: int = 64) -> Result:
         """A lone request, start to end: the order of calls the service makes for one request on its own."""

@@ -10,7 +10,10 @@ through model.pipeline.
    and log p(r) estimates how likely the reply is whatever was said (:class:`AntiLM`): by default
    log mean_k p(r | c_k, z_k) over the four PROBE_CONTEXTS (the start-of-dialog marker alone and three
    everyday turns), z_k the prior mean of each. A reply likely after all of them ("Yeah.", "Thank you.")
-   scores high under both terms and is pushed down. |r| counts the scored tokens (</s> included).
+   scores high under both terms and is pushed down. |r| counts the scored tokens (</s> included). With a
+   bundle whose model has a response-selection head (model.cvae, rs_dim > 0) and a coherence weight kappa > 0,
+   rank also gains kappa * log softmax_i s(c, r_i), the head's belief that candidate i is the reply that
+   followed the context, among the request's candidates (nats per reply).
 2. A candidate cut off by the length limit, or empty, is never preferred to one that ended (it goes last),
    and one whose likelihood is more than ``margin`` nats per token below the best candidate's (a latent draw
    where the decoder is lost) is never preferred to a plausible one.
@@ -46,14 +49,28 @@ class Scored:
 
     likelihood: float  # log p(r | c, z) / |r|
     anti_lm: float  # log p(r) / |r| (AntiLM)
-    rank: float  # likelihood - lambda * anti_lm, or -inf when it cannot be preferred
+    rank: float  # likelihood - lambda * anti_lm [+ kappa * coherence], or -inf when it cannot be preferred
     ended: bool  # ended with </s> and is not empty
+    coherence: float | None = None  # log softmax_i s(c, r_i) over the candidates, when the term is on
 
 
-def score(logp: float, logp_null: float, n_scored: int, ended: bool, mmi_weight: float) -> Scored:
+def score(logp: float, logp_null: float, n_scored: int, ended: bool, mmi_weight: float,
+          coherence: float | None = None, coherence_weight: float = 0.0) -> Scored:
     n = max(n_scored, 1)
     lik, anti = logp / n, logp_null / n
-    return Scored(lik, anti, lik - mmi_weight * anti, ended)
+    rank = lik - mmi_weight * anti
+    if coherence is not None and coherence_weight:
+        rank += coherence_weight * coherence
+    return Scored(lik, anti, rank, ended, coherence)
+
+
+def coherence_logprobs(raw: Sequence[float]) -> list[float]:
+    """log softmax of the response-selection scores s(c, r_i) over a request's candidates (-inf stays -inf:
+    an empty candidate)."""
+    t = torch.tensor(raw, dtype=torch.float64)
+    if not torch.isfinite(t).any():
+        return [float("-inf")] * len(raw)
+    return torch.log_softmax(t, dim=0).tolist()
 
 
 def features(text: str) -> frozenset[str]:
@@ -108,8 +125,8 @@ PROBE_CONTEXTS: tuple[tuple[str, ...], ...] = (
 ANTI_LM_KINDS = ("probes", "reply_lm")
 
 
-class AntiLMError(ValueError):
-    """The anti-LM asked for cannot be built from this bundle."""
+class RerankError(ValueError):
+    """A reranking term the settings ask for that this bundle cannot give (its anti-LM, its coherence head)."""
 
 
 class AntiLM:
@@ -125,9 +142,9 @@ class AntiLM:
         from .inputs import encode_contexts
 
         if kind not in ANTI_LM_KINDS:
-            raise AntiLMError(f"anti-LM kind must be one of {', '.join(ANTI_LM_KINDS)}, got {kind!r}")
+            raise RerankError(f"anti-LM kind must be one of {', '.join(ANTI_LM_KINDS)}, got {kind!r}")
         if kind == "reply_lm" and bundle.reply_lm is None:
-            raise AntiLMError(f"{bundle.path}: the bundle holds no reply language model (reply_lm.safetensors); "
+            raise RerankError(f"{bundle.path}: the bundle holds no reply language model (reply_lm.safetensors); "
                               "build one with `python -m training lexicon --bundle ...` or use the probes")
         self.kind = kind
         self.reply_lm = bundle.reply_lm

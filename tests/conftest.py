@@ -62,12 +62,13 @@ def synthetic_sentences(k: int = 60, seed: int = 0) -> list[str]:
     return [sentence(rng, 3, 9) for _ in range(k)]
 
 
-def build_tiny_bundle(out: Path) -> Path:
+def build_tiny_bundle(out: Path, **model: object) -> Path:
+    """A bundle of random tiny weights; ``model``: CVAEConfig fields over the tiny preset."""
     torch.manual_seed(0)
     tokenizer = Tokenizer.train(synthetic_sentences(), vocab_size=64)
-    model = CVAE(preset("tiny", vocab_size=tokenizer.vocab_size, max_decode_len=12))
-    model.eval()
-    save_bundle(out, model, tokenizer, name="tiny", text_style="plain")
+    net = CVAE(preset("tiny", vocab_size=tokenizer.vocab_size, max_decode_len=12, **model))
+    net.eval()
+    save_bundle(out, net, tokenizer, name="tiny", text_style="plain")
     return out
 
 

@@ -76,7 +76,7 @@ def _quality(args: argparse.Namespace) -> int:
                   n=args.n, contexts=args.contexts, seed=args.seed, rerank=args.rerank, lexicon=args.lexicon,
                   candidates_per_reply=args.candidates_per_reply, mmi_weight=args.mmi_weight,
                   diversity=args.diversity, latent_temperature=args.latent_temperature, samples_out=args.samples,
-                  anti_lm=args.anti_lm)
+                  anti_lm=args.anti_lm, coherence_weight=args.coherence_weight)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--diversity", type=float, default=rr.DEFAULT_DIVERSITY)
     q.add_argument("--latent-temperature", type=float, default=rr.DEFAULT_LATENT_TEMPERATURE,
                    help="default: the service's")
+    q.add_argument("--coherence-weight", type=float, default=0.0,
+                   help="weight of the response-selection head's coherence term (bundles with the head)")
     q.add_argument("--anti-lm", choices=["probes", "reply_lm"], default="probes",
                    help="log p(reply) of the reranker: the decoder over probe contexts (default, the service's) or "
                         "the bundle's reply bigram model")
@@ -260,13 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         from .humaneval import HumanEvalError
         from .loop import RunError
         from model.bundle import BundleError
+        from model.rerank import RerankError
     except ModuleNotFoundError as e:
         return _missing_extra(e)
     try:
         return args.func(args)
     except ModuleNotFoundError as e:
         return _missing_extra(e)
-    except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, FileNotFoundError,
+    except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, RerankError, FileNotFoundError,
             HumanEvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

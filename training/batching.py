@@ -91,11 +91,14 @@ def encode_turns(dialogs: list[Dialog], tokenizer: Tokenizer, style: str) -> lis
 
 class ExampleSet:
     """All (dialog, response turn) examples of a split, tokenised once (``ids``: encode_turns of the same
-    dialogs, when the caller has them already)."""
+    dialogs, when the caller has them already). With ``distractors`` each batch also carries, per example,
+    another turn of the same dialog (the response-selection head's negative, :meth:`distractor`)."""
 
     def __init__(self, dialogs: list[Dialog], tokenizer: Tokenizer, style: str, vocabs: Vocabs,
-                 max_context_turns: int, max_utt_len: int, ids: list[list[int]] | None = None):
+                 max_context_turns: int, max_utt_len: int, ids: list[list[int]] | None = None,
+                 distractors: bool = False):
         self.max_context_turns = max_context_turns
+        self.distractors = distractors
         self.vocabs = vocabs
         topic_index = {t: i for i, t in enumerate(vocabs.topics)}
         act_index = {a: i for i, a in enumerate(vocabs.acts)}
@@ -122,8 +125,18 @@ class ExampleSet:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def distractor(self, di: int, i: int) -> list[int]:
+        """A turn from elsewhere in dialog ``di`` than its turn ``i`` (not the start marker), a pure function
+        of (di, i) so that batches stay a function of the data position; a one-turn dialog lends the first
+        turn of the next dialog."""
+        n = len(self.dialogs[di].turns)
+        if n > 2:
+            j = 1 + (di * 1_000_003 + i * 7_919) % (n - 2)  # one of the n - 2 real turns other than i
+            return self.dialogs[di].turns[j if j < i else j + 1]
+        return self.dialogs[(di + 1) % len(self.dialogs)].turns[-1]
+
     def batch(self, indices: list[int] | np.ndarray) -> Batch:
-        contexts, flags, responses, topics, metas, acts = [], [], [], [], [], []
+        contexts, flags, responses, topics, metas, acts, dist = [], [], [], [], [], [], []
         blank = [0.0] * self.vocabs.speaker_dim
         for ix in indices:
             di, i = self.examples[int(ix)]
@@ -138,8 +151,11 @@ class ExampleSet:
             others = [s for s in d.meta if s != me]
             mine = d.meta.get(me, blank) if me is not None else blank
             metas.append(mine + (d.meta[others[0]] if others else blank))
+            if self.distractors:
+                dist.append(self.distractor(di, i))
         return collate(contexts, flags, responses, topics=topics,
-                       meta=metas if self.vocabs.meta_fields else None, acts=acts)
+                       meta=metas if self.vocabs.meta_fields else None, acts=acts,
+                       distractors=dist if self.distractors else None)
 
     def epoch_order(self, seed: int, epoch: int, batch_size: int, bucket: bool) -> list[np.ndarray]:
         """The batches of one epoch: shuffled, optionally bucketed by response length."""

@@ -92,6 +92,7 @@ class LoopConfig:
     export_dtype: str = "float32"  # float32 | float16 weights in the exported bundle
     export: str = "best"  # best (lowest validation ELBO) | last: which weights the bundle gets
     bow_weight: float = 1.0  # weight of the bag-of-words loss (Zhao et al.'s auxiliary loss); 0 = without it
+    rs_weight: float = 0.0  # weight of the response-selection loss (model.rs_dim > 0: PLATO's RS objective)
     export_best: bool = False  # also write bundle-best/ with the lowest-validation-ELBO weights (for studies)
 
 
@@ -182,7 +183,7 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "train.steps": (1, None), "train.batch_size": (1, None), "train.lr": (1e-12, 10.0),
     "train.grad_clip": (1e-12, None), "train.seed": (0, 2**63), "train.log_every": (1, None),
     "train.eval_every": (1, None), "train.ckpt_every": (1, None), "train.valid_max_batches": (0, None),
-    "train.num_threads": (0, 1024), "train.bow_weight": (0.0, None),
+    "train.num_threads": (0, 1024), "train.bow_weight": (0.0, None), "train.rs_weight": (0.0, None),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("none", "bf16"), "train.export_dtype": ("float32", "float16"), "train.export": ("best", "last"),

@@ -59,6 +59,9 @@ def posterior_metrics(model: CVAE, examples: Any, batch_size: int, device: torch
                       kl_sum=out["kl"] * B, n_responses=B, bow_loss_sum=out["bow_loss"] * B)
         if model.cfg.kgcvae:
             acc.add("act_loss", out["act_loss"] * B, B)
+        if model.cfg.rs_dim:  # response selection among the batch's responses and the distractors
+            acc.add("rs_loss", out["rs_loss"] * B, B)
+            acc.add("rs_acc", out["rs_acc"] * B, B)
         if latent:
             mus.append(out["mu_q"].float().cpu())
             logvars.append(out["logvar_q"].float().cpu())

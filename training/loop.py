@@ -1,7 +1,8 @@
 """The training loop: explicit, resumable, rank-0 logging, optional DistributedDataParallel.
 
-The objective is rc_loss + beta(t) * kl + w * bow_loss (+ act_loss for kgCVAE), w = train.bow_weight (1 by
-default; 0 trains without the bag-of-words loss, which is still logged); beta comes from the
+The objective is rc_loss + beta(t) * kl + w * bow_loss (+ act_loss for kgCVAE) (+ r * rs_loss with a
+response-selection head), w = train.bow_weight (1 by default; 0 trains without the bag-of-words loss, which is
+still logged), r = train.rs_weight; beta comes from the
 schedule, a pure function of the step, so a resumed run computes the same values.
 """
 from __future__ import annotations
@@ -115,7 +116,8 @@ class Trainer:
             model_saved = saved.get("model")
             if isinstance(model_saved, dict) and model_saved.get("kgcvae") and "kgcvae_style" not in model_saved:
                 model_saved["kgcvae_style"] = "legacy"  # a run started before the field: resume it as it was
-            diff = [k for k in _diff(saved, resolved) if k not in RESUME_MAY_CHANGE]
+            diff = [k for k in _diff(saved, resolved) if k not in RESUME_MAY_CHANGE
+                    and not _added_at_default(k, saved, resolved)]
             if diff:
                 hint = (" (a kgCVAE run started before model.kgcvae_style existed is the legacy one: "
                         "--set model.kgcvae_style=legacy)" if "model.kgcvae_style" in diff else "")
@@ -145,8 +147,10 @@ class Trainer:
         mc = cfg.model_config(self.tokenizer.vocab_size, n_topics=len(self.vocabs.topics),
                               meta_dim=self.vocabs.meta_dim, n_acts=len(self.vocabs.acts))
         args = (self.tokenizer, self.style, self.vocabs, cfg.data.max_context_turns, cfg.data.max_utt_len)
-        self.train_set = ExampleSet(train_dialogs, *args, ids=train_ids)
-        self.valid_set = ExampleSet(valid_dialogs, *args)
+        if mc.rs_dim and not cfg.train.rs_weight:
+            log.warning("model.rs_dim is set but train.rs_weight is 0: the response-selection head stays untrained")
+        self.train_set = ExampleSet(train_dialogs, *args, ids=train_ids, distractors=mc.rs_dim > 0)
+        self.valid_set = ExampleSet(valid_dialogs, *args, distractors=mc.rs_dim > 0)
         if len(self.train_set) == 0:
             raise RunError("the training split has no examples")
         log.info("examples: train %d, valid %d; vocabulary %d", len(self.train_set),
@@ -251,8 +255,8 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=T, initial=self.step, disable=not self.is_main or None, desc=cfg.name,
                    dynamic_ncols=True)
-        window: dict[str, Any] = {"rc": 0.0, "kl": 0.0, "bow": 0.0, "act": 0.0, "nll": 0.0, "tok": 0, "n": 0,
-                                  "gn": 0.0}  # floats, or tensors on the device between log steps
+        window: dict[str, Any] = {"rc": 0.0, "kl": 0.0, "bow": 0.0, "act": 0.0, "rs": 0.0, "nll": 0.0, "tok": 0,
+                                  "n": 0, "gn": 0.0}  # floats, or tensors on the device between log steps
         t0 = time.perf_counter()
         self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
@@ -289,7 +293,8 @@ class Trainer:
             self.cursor += self.world
             with autocast:
                 out = self.net(batch)
-            loss = out["rc_loss"] + beta * out["kl"] + lc.bow_weight * out["bow_loss"] + out["act_loss"]
+            loss = (out["rc_loss"] + beta * out["kl"] + lc.bow_weight * out["bow_loss"] + out["act_loss"]
+                    + lc.rs_weight * out["rs_loss"])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)
@@ -297,7 +302,7 @@ class Trainer:
             self.step = t
             # Sums stay on the device until a log step: reading them each step would synchronise.
             for k, v in (("rc", out["rc_loss"]), ("kl", out["kl"]), ("bow", out["bow_loss"]),
-                         ("act", out["act_loss"]), ("nll", out["rc_nll_sum"]), ("gn", gn)):
+                         ("act", out["act_loss"]), ("rs", out["rs_loss"]), ("nll", out["rc_nll_sum"]), ("gn", gn)):
                 window[k] = window[k] + v.detach().float()
             window["tok"] += int(out["n_tokens"])
             window["n"] += 1
@@ -308,7 +313,7 @@ class Trainer:
                 n = window["n"]
                 row = {"step": t, "epoch": round(self.stream.epoch_of(self.cursor), 4), "beta": beta,
                        "lr": lr, "rc_loss": window["rc"] / n, "kl": window["kl"] / n,
-                       "bow_loss": window["bow"] / n, "act_loss": window["act"] / n,
+                       "bow_loss": window["bow"] / n, "act_loss": window["act"] / n, "rs_loss": window["rs"] / n,
                        "rc_ppl": math.exp(min(window["nll"] / max(window["tok"], 1), 50)),
                        "grad_norm": window["gn"] / n,
                        "tokens_per_s": window["tok"] * self.world / dt, "batches_per_s": n / dt}
@@ -406,6 +411,24 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def _lookup(d: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return _MISSING
+        d = d[part]
+    return d
+
+
+_MISSING = object()
+
+
+def _added_at_default(key: str, saved: dict, resolved: dict) -> bool:
+    """A setting the run's saved config lacks (added to the code after the run started) and the resumed run
+    has at its default: the run is the same one."""
+    return (_lookup(saved, key) is _MISSING
+            and _lookup(resolved, key) == _lookup(RunConfig().to_dict(), key) is not _MISSING)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -122,7 +122,7 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
             contexts: int = 200, seed: int = 1, rerank: bool = True, lexicon: bool = True,
             candidates_per_reply: int = rr.DEFAULT_CANDIDATES_PER_REPLY, mmi_weight: float = rr.DEFAULT_MMI_WEIGHT,
             diversity: float = rr.DEFAULT_DIVERSITY, latent_temperature: float = rr.DEFAULT_LATENT_TEMPERATURE,
-            samples_out: str | Path | None = None, anti_lm: str = "probes",
+            samples_out: str | Path | None = None, anti_lm: str = "probes", coherence_weight: float = 0.0,
             device: str = "cpu") -> dict[str, Any]:
     from .data import Source, TEXT_STYLE, read_sources
 
@@ -131,7 +131,8 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
     items = contexts_of(dialogs, contexts, seed)
     gen = Generator(bundle, ReplySettings(lexicon=lexicon, rerank=rerank, candidates_per_reply=candidates_per_reply,
                                           mmi_weight=mmi_weight, diversity=diversity,
-                                          latent_temperature=latent_temperature, anti_lm=anti_lm), Limits())
+                                          latent_temperature=latent_temperature, anti_lm=anti_lm,
+                                          coherence_weight=coherence_weight), Limits())
     seeds = [seed * 1_000_003 + i * 1009 for i in range(len(items))]  # a context's request seed
     log.info("quality of %s on %s/%s: %d contexts x %d replies (rerank %s, lexicon %s)", bundle.name, corpus,
              split, len(items), n, rerank, lexicon)
@@ -159,7 +160,7 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
                 "lexicon_words": len(bundle.lexicon) if bundle.lexicon else 0,
                 "candidates_per_reply": candidates_per_reply if rerank else 1, "mmi_weight": mmi_weight,
                 "diversity": diversity, "latent_temperature": latent_temperature,
-                "anti_lm": gen.pipeline.anti_lm.kind if rerank else None,
+                "anti_lm": gen.pipeline.anti_lm.kind if rerank else None, "coherence_weight": coherence_weight,
                 "text_style": bundle.text_style, "corpus_style": TEXT_STYLE[corpus]})
     if samples_out:
         Path(samples_out).parent.mkdir(parents=True, exist_ok=True)

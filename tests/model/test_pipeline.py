@@ -119,3 +119,20 @@ def test_generator_yields_the_refusal_of_a_context_and_goes_on(tiny_bundle):
     assert isinstance(outs[1], InputError) and outs[1].loc == ("context", 0)
     assert [len(o.replies) for o in (outs[0], outs[2])] == [2, 2]
     assert outs[0].replies[0].seed in (1, 2) and not math.isnan(outs[0].replies[0].score)
+
+
+def test_the_coherence_term_needs_a_head_and_enters_the_rank(tiny_bundle, tmp_path):
+    from model.rerank import RerankError
+    from tests.conftest import build_tiny_bundle
+
+    with pytest.raises(RerankError, match="response-selection head"):
+        ReplyPipeline(load_bundle(tiny_bundle), ReplySettings(coherence_weight=0.5))
+    with_head = load_bundle(build_tiny_bundle(tmp_path / "rs", rs_dim=8))
+    req = GenerationRequest(context=["hello there"], n=3, seed=4)
+    off = ReplyPipeline(with_head, ReplySettings()).respond(req)
+    on = ReplyPipeline(with_head, ReplySettings(coherence_weight=0.5)).respond(req)
+    assert all("coherence" not in r.ranking for r in off.replies)
+    for r in on.replies:
+        c = r.ranking["coherence"]
+        assert c <= 0 and r.ranking["rank"] == pytest.approx(r.ranking["likelihood"] - 0.5 * r.ranking["anti_lm"]
+                                                               + 0.5 * c)

@@ -60,7 +60,7 @@ class _Model:
     """Returns fixed loss terms per batch, as CVAE.forward would (rc_nll_sum summed over tokens, kl and
     bow_loss as means over the batch's responses)."""
 
-    cfg = SimpleNamespace(kgcvae=False)
+    cfg = SimpleNamespace(kgcvae=False, rs_dim=0)
 
     def __init__(self):
         self.outs = iter([

@@ -256,3 +256,60 @@ def test_tiny_config_on_real_swda(tmp_path):
     betas = [r["beta"] for r in rows(run) if r.get("split") != "valid"]
     assert max(betas) == 1.0 and min(betas[1:]) < 0.5  # cycles: beta falls back after reaching 1
     assert (run / "bundle" / "manifest.json").is_file()
+
+
+def test_sigterm_checkpoints_stops_and_the_same_command_resumes_exactly(synthetic_corpus, tmp_path):
+    """SIGTERM mid-run: the step in progress finishes, a checkpoint is written, the process exits 143 (not
+    done), and the same command (with another thread count) ends where an uninterrupted run ends; the CPU and
+    wall time of both starts add up in the metrics."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    extra = ("train.steps=200", "train.ckpt_every=1000", "train.eval_every=100", "train.log_every=10")
+    assert train_cli(synthetic_corpus, straight, *extra) == 0
+    cmd = [sys.executable, "-m", "training", "train", "--config", "training/configs/tiny.toml",
+           "--out", str(stopped), *sets(synthetic_corpus, *extra)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        m = stopped / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM at step" in err and "resumes" in err
+    with safe_open(str(stopped / "checkpoint.safetensors"), framework="pt") as f:
+        state = json.loads(f.metadata()["state"])
+    assert 30 <= state["step"] < 200 and state["cpu_s"] > 0 and state["wall_s"] > 0
+    assert not (stopped / "bundle").exists()  # not done, so nothing exported
+    assert train_cli(synthetic_corpus, stopped, *extra, "train.num_threads=2") == 0  # threads may change
+    a, b = final_weights(straight), final_weights(stopped)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    times = [r["cpu_s"] for r in rows(stopped) if r.get("split") != "valid"]
+    assert times == sorted(times) and times[-1] > state["cpu_s"]  # counted over both starts
+
+
+def test_a_setting_added_after_a_run_started_resumes_at_its_default(synthetic_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(synthetic_corpus, run, "train.steps=12") == 0
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["train"]["rs_weight"]  # as written by a run started before the setting existed
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert train_cli(synthetic_corpus, run, "train.steps=24") == 2  # steps differ: still refused
+    assert train_cli(synthetic_corpus, run, "train.steps=12") == 0
+    assert train_cli(synthetic_corpus, run, "train.steps=12", "train.rs_weight=1.0") == 2
+
+
+def test_response_selection_head_trains_and_is_logged(synthetic_corpus, tmp_path):
+    run = tmp_path / "rs"
+    assert train_cli(synthetic_corpus, run, "model.rs_dim=8", "train.rs_weight=1.0") == 0
+    train = [r for r in rows(run) if r.get("split") != "valid"]
+    valid = [r for r in rows(run) if r.get("split") == "valid"]
+    assert all(r["rs_loss"] > 0 for r in train)
+    assert valid and all(0 <= r["rs_acc"] <= 1 and r["rs_loss"] > 0 for r in valid)
+    bundle = load_bundle(run / "bundle")
+    assert bundle.config.rs_dim == 8
+    plain = tmp_path / "plain"
+    assert train_cli(synthetic_corpus, plain, "train.steps=4") == 0
+    assert all(r["rs_loss"] == 0 for r in rows(plain) if r.get("split") != "valid")
