@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -46,17 +47,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _lexicon(args: argparse.Namespace) -> int:
     from model.bundle import add_lexicon, load_bundle
 
-    from .data import Source, read_sources
+    from .data import bundle_sources, read_sources
     from .loop import build_lexicon, build_reply_lm
 
     bundle = load_bundle(args.bundle)
-    data = bundle.extra.get("data", {})
-    if data.get("corpus") == "mix":
-        sources = [Source.parse(raw, f"data.mix[{i}]") for i, raw in enumerate(data.get("mix") or [])]
-    elif data.get("corpus") and data.get("dir"):
-        sources = [Source(data["corpus"], data["dir"])]
-    else:
-        raise SystemExit("lexicon: the bundle records no training data")
+    sources = bundle_sources(bundle.extra.get("data", {}))
     dialogs = read_sources(sources, "train")
     lexicon = build_lexicon(dialogs, bundle.text_style, args.min_count)
     if lexicon is None:
@@ -83,6 +78,19 @@ def _quality(args: argparse.Namespace) -> int:
     logging.getLogger("training").info("invented %.4f, generic %s, distinct-2 within %.3f; wrote %s",
                                        res["invented_reply_rate"], res.get("generic_reply_rate"),
                                        res["distinct2_intra"], out)
+    return 0
+
+
+def _retrieval(args: argparse.Namespace) -> int:
+    from .retrieval import retrieval
+
+    res = retrieval(args.bundle, args.corpus, args.data_dir or f"../shared/data/{args.corpus}", split=args.split,
+                    n=args.n, contexts=args.contexts, seed=args.seed, samples_out=args.samples)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    logging.getLogger("training").info("retrieval: %d contexts, %d with fewer than n replies; wrote %s",
+                                       res["contexts"], res["short_lists"], out)
     return 0
 
 
@@ -127,6 +135,31 @@ def _synthetic(args: argparse.Namespace) -> int:
     from .synthetic import main_args
 
     return main_args(args)
+
+
+def _int_in(lo: int, hi: int | None) -> Any:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be from {lo}" + (f" to {hi}" if hi is not None else " up")
+                                             + f", got {v}")
+        return v
+    return parse
+
+
+def _float_in(lo: float, hi: float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, got {text}")
+        return v
+    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -184,22 +217,36 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test", choices=["train", "valid", "test"])
     q.add_argument("--out", required=True, help="JSON file for the metrics")
     q.add_argument("--samples", help="also write contexts, replies and true next turns as JSONL here")
-    q.add_argument("-n", type=int, default=5, help="replies per context (default 5)")
-    q.add_argument("--contexts", type=int, default=200, help="contexts, a fixed-seed sample (0 = all)")
-    q.add_argument("--seed", type=int, default=1)
+    q.add_argument("-n", type=_int_in(1, 16), default=5, help="replies per context (default 5; at most 16, as the "
+                                                                "service)")
+    q.add_argument("--contexts", type=_int_in(0, None), default=200, help="contexts, a fixed-seed sample (0 = all)")
+    q.add_argument("--seed", type=_int_in(0, None), default=1)
     q.add_argument("--no-rerank", dest="rerank", action="store_false", help="n samples, no reranking")
     q.add_argument("--no-lexicon", dest="lexicon", action="store_false", help="unconstrained decoding")
-    q.add_argument("--candidates-per-reply", type=int, default=rr.DEFAULT_CANDIDATES_PER_REPLY)
-    q.add_argument("--mmi-weight", type=float, default=rr.DEFAULT_MMI_WEIGHT)
-    q.add_argument("--diversity", type=float, default=rr.DEFAULT_DIVERSITY)
-    q.add_argument("--latent-temperature", type=float, default=rr.DEFAULT_LATENT_TEMPERATURE,
+    q.add_argument("--candidates-per-reply", type=_int_in(1, 16), default=rr.DEFAULT_CANDIDATES_PER_REPLY)
+    q.add_argument("--mmi-weight", type=_float_in(0, 2), default=rr.DEFAULT_MMI_WEIGHT)
+    q.add_argument("--diversity", type=_float_in(0, 10), default=rr.DEFAULT_DIVERSITY)
+    q.add_argument("--latent-temperature", type=_float_in(0, 10), default=rr.DEFAULT_LATENT_TEMPERATURE,
                    help="default: the service's")
-    q.add_argument("--coherence-weight", type=float, default=0.0,
+    q.add_argument("--coherence-weight", type=_float_in(0, 10), default=0.0,
                    help="weight of the response-selection head's coherence term (bundles with the head)")
     q.add_argument("--anti-lm", choices=["probes", "reply_lm"], default="probes",
                    help="log p(reply) of the reranker: the decoder over probe contexts (default, the service's) or "
                         "the bundle's reply bigram model")
     q.set_defaults(func=_quality)
+
+    rt = sub.add_parser("retrieval", help="the retrieval baseline: the replies that followed the training turns "
+                                          "most like each context's last turn (BM25), on quality's contexts")
+    rt.add_argument("--bundle", required=True, help="the bundle whose recorded training split is the index")
+    rt.add_argument("--corpus", required=True, choices=["swda", "dailydialog", "chitchat", "jsonl"])
+    rt.add_argument("--data-dir", help="corpus folder (default ../shared/data/CORPUS)")
+    rt.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    rt.add_argument("--out", required=True, help="JSON file for the metrics")
+    rt.add_argument("--samples", help="also write contexts, replies and true next turns as JSONL here")
+    rt.add_argument("-n", type=_int_in(1, 16), default=5, help="replies per context (default 5)")
+    rt.add_argument("--contexts", type=_int_in(0, None), default=200, help="as quality's (0 = all)")
+    rt.add_argument("--seed", type=_int_in(0, None), default=1, help="as quality's: the same seed, the same contexts")
+    rt.set_defaults(func=_retrieval)
 
     h = sub.add_parser("humaneval", help="blind human evaluation: export a judging sheet, score the ratings")
     hs = h.add_subparsers(dest="action", required=True)

@@ -171,16 +171,11 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
 
 
 def _training_generic(bundle: Any) -> set[str] | None:
-    from .data import Source, read_sources
+    from .data import CorpusError, bundle_sources, read_sources
 
-    data = bundle.extra.get("data", {})
     try:
-        if data.get("corpus") == "mix":
-            sources = [Source.parse(raw, f"data.mix[{i}]") for i, raw in enumerate(data.get("mix") or [])]
-        else:
-            sources = [Source(data["corpus"], data["dir"])]
-        dialogs = read_sources(sources, "train")
-    except (KeyError, ValueError, OSError) as e:
+        dialogs = read_sources(bundle_sources(bundle.extra.get("data", {})), "train")
+    except (CorpusError, KeyError, ValueError, OSError) as e:
         log.warning("generic-reply rate not computed: the training split cannot be read (%s)", e)
         return None
     return generic_replies([normalize(t.text, bundle.text_style) for d in dialogs for t in d.turns])

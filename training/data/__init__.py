@@ -16,9 +16,10 @@ from .chitchat import (CHITCHAT_MEMBER, CHITCHAT_MIN_TURNS, CHITCHAT_RESERVED, C
                        chitchat_dialogs, chitchat_split_of, read_reserved_ids)
 from .core import CORPORA, SPLITS, TEXT_STYLE, CorpusError, Dialog, Turn
 from .dailydialog import dailydialog_overlap
-from .sources import Source, mix_style, normalized, read_corpus, read_sources, weighted
+from .sources import Source, bundle_sources, mix_style, normalized, read_corpus, read_sources, weighted
 
 __all__ = [
+    "bundle_sources",
     "CHITCHAT_MEMBER", "CHITCHAT_MIN_TURNS", "CHITCHAT_RESERVED", "CHITCHAT_SPLIT", "CHITCHAT_WHEEL", "CORPORA",
     "CorpusError", "Dialog", "SPLITS", "Source", "TEXT_STYLE", "Turn", "chitchat_dialogs", "chitchat_split_of",
     "dailydialog_overlap", "mix_style", "normalized", "read_corpus", "read_reserved_ids", "read_sources", "weighted",

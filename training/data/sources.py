@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .chitchat import read_chitchat
-from .core import CORPORA, SPLITS, TEXT_STYLE, Dialog, Turn, split_file
+from .core import CORPORA, SPLITS, TEXT_STYLE, CorpusError, Dialog, Turn, split_file
 from .dailydialog import read_dailydialog
 from .jsonl import read_jsonl
 from .swda import read_swda
@@ -100,3 +100,12 @@ def read_sources(sources: list[Source], split: str) -> list[Dialog]:
         logger.info("%s %s: %d dialogs (weight %g)", src.corpus, split, len(dialogs), src.weight)
         out.extend(dialogs)
     return out
+
+
+def bundle_sources(data: dict) -> list[Source]:
+    """The training sources a bundle records (its config's ``data``: a corpus and folder, or a mix)."""
+    if data.get("corpus") == "mix":
+        return [Source.parse(raw, f"data.mix[{i}]") for i, raw in enumerate(data.get("mix") or [])]
+    if data.get("corpus") and data.get("dir"):
+        return [Source(data["corpus"], data["dir"])]
+    raise CorpusError("the bundle records no training data")
