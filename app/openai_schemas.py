@@ -56,6 +56,23 @@ class ChatMessageBase(BaseModel):
         return v
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool | None = Field(None, description="true: one more chunk before data: [DONE] carries the "
+                                                         "request's usage, with choices []; every other chunk then "
+                                                         "has usage: null")
+    include_obfuscation: bool | None = Field(None, description="only false: no chunk carries an obfuscation field")
+
+    @field_validator("include_obfuscation")
+    @classmethod
+    def _no_obfuscation(cls, v: bool | None) -> bool | None:
+        if v:
+            raise _unsupported("include_obfuscation is not supported (only false): chunks carry no obfuscation "
+                               "field")
+        return v
+
+
 class ChatRequestBase(BaseModel):
     """Fields and checks that do not depend on the configured limits (see :func:`chat_request_model`)."""
 
@@ -78,8 +95,14 @@ class ChatRequestBase(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, description="the same as max_tokens (OpenAI's newer "
                                                                       "name); give one, or both equal")
     user: str | None = Field(None, max_length=256, description="accepted and not used (not logged)")
-    stream: bool | None = Field(False, description="only false: replies are chosen among complete candidates, "
-                                                   "so none can be streamed before all are decoded")
+    stream: bool | None = Field(
+        False, description="true: the response is an event stream (text/event-stream) of chat.completion.chunk "
+                           "objects ending in data: [DONE]. It starts once the request's replies are complete: "
+                           "reranking chooses among complete candidates, and without it the engine still decodes "
+                           "a request's rows in batched calls and returns them together; then each choice comes "
+                           "as its role, its whole text in one content delta, and its finish_reason. Errors "
+                           "are the same JSON errors, with the same statuses, as without streaming")
+    stream_options: StreamOptions | None = Field(None, description="only with stream: true")
     # OpenAI parameters accepted only at their neutral value
     frequency_penalty: float | None = Field(None, allow_inf_nan=False, description="only 0")
     presence_penalty: float | None = Field(None, allow_inf_nan=False, description="only 0")
@@ -94,13 +117,11 @@ class ChatRequestBase(BaseModel):
                                                   "by relevance and diversity; absent: the server's setting "
                                                   "(on by default); false with n=1 and a choice's seed replays it")
 
-    @field_validator("stream")
+    @field_validator("stream_options")
     @classmethod
-    def _no_stream(cls, v: bool | None) -> bool | None:
-        if v:
-            raise _unsupported("streaming is not supported: the service decodes several candidates and "
-                               "chooses among the complete ones, so no reply exists to stream before all are "
-                               "done; send stream: false (or leave it out)")
+    def _only_streaming(cls, v: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if v is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed with stream: true")
         return v
 
     @field_validator("frequency_penalty", "presence_penalty")
@@ -198,6 +219,66 @@ class ChatCompletion(BaseModel):
     decoding: Decoding
     ignored_messages: list[int] = Field(description="extension: indices of the system and developer messages, "
                                                     "which the model does not read")
+
+
+class ChunkDelta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["assistant"] | None = Field(None, description="in a choice's first chunk only")
+    content: str | None = Field(None, description="'' in a choice's first chunk, then its whole text in one delta")
+
+
+class ChunkChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="the choice this chunk belongs to (0 to n - 1)")
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length"] | None = Field(description="null until the choice's last chunk")
+    logprobs: None = None
+    seed: int | None = Field(None, description="extension, in the choice's last chunk: as in the choice of a "
+                                               "chat.completion")
+    score: float | None = Field(None, description="extension, in the choice's last chunk")
+    ranking: dict[str, float] | None = Field(None, description="extension, in the choice's last chunk when reranked")
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat completion (``stream: true``): ``data: {chunk}`` and a blank line; the
+    stream ends with ``data: [DONE]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="the same in every chunk of a stream")
+    object: Literal["chat.completion.chunk"]
+    created: int = Field(description="Unix time, seconds")
+    model: str
+    system_fingerprint: str
+    choices: list[ChunkChoice] = Field(description="one choice's role, content or finish_reason; [] in the usage "
+                                                   "chunk")
+    usage: Usage | None = Field(None, description="only with stream_options.include_usage: null in every chunk "
+                                                  "but the last, which carries it with choices []")
+    seed: int | None = Field(None, description="extension, in the first chunk: the request's seed")
+    candidates: int | None = Field(None, description="extension, in the first chunk")
+    decoding: Decoding | None = Field(None, description="extension, in the first chunk")
+    ignored_messages: list[int] | None = Field(None, description="extension, in the first chunk")
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its definitions written in place (for an OpenAPI media type, where a
+    ``#/$defs/...`` reference would point at the document's root)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
 
 
 class ModelCard(BaseModel):

@@ -14,18 +14,27 @@ chosen by blind rating (docs/quality.md), is greedy over latent codes sampled fr
     top_p p in (0, 1), temperature absent   token sampling at 1 (OpenAI's default), nucleus p
 
 Either way the n choices differ through their latent codes (latent_temperature, an extension) and reranking.
+
+Streaming (``stream: true``, :func:`stream_chunks`): the same completion as chat.completion.chunk events. The
+stream starts once the request's replies are complete, since reranking chooses among complete candidates and
+the engine returns a request's rows together (it decodes them in batched calls); so every error, the 504 of
+the time limit and the 500 of no reply included, is the same JSON error as without streaming. A client that
+disconnects before then cancels its request (:func:`unless_disconnected`): the engine drops its rows.
 """
 # No `from __future__ import annotations`: FastAPI must see the per-app Body class itself, not its name.
+import asyncio
+import json
 import time
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
 
 from ..engine import Engine, GenerationRequest, InputError, Result
 from ..errors import OpenAIError
-from ..openai_schemas import (AssistantMessage, ChatCompletion, ChatMessageBase, ChatRequestBase, Choice, Decoding,
-                              ErrorBody, ModelCard, ModelList, Usage)
+from ..openai_schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatMessageBase, ChatRequestBase,
+                              Choice, Decoding, ErrorBody, ModelCard, ModelList, Usage, inline_schema)
 from ..runtime import Runtime, RuntimeDep
 from .respond import require_api_key
 
@@ -40,6 +49,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "not ready (loading, warming up or draining)"},
     504: {"model": ErrorBody, "description": "the request exceeded its time limit"},
 }
+STREAMED: dict[int | str, dict[str, Any]] = {200: {
+    "description": "a chat.completion; with stream: true, an event stream of chat.completion.chunk objects (one "
+                   "``data: {chunk}`` line and a blank line each), then ``data: [DONE]``",
+    "content": {"text/event-stream": {"schema": inline_schema(ChatCompletionChunk)}}}}
+CLIENT_GONE = 499  # the status logged and counted for a request whose client disconnected first (nginx's)
+T = TypeVar("T")
 
 
 def decoding_of(temperature: float | None, top_p: float | None) -> tuple[str, float | None, float | None]:
@@ -107,6 +122,77 @@ def completion(result: Result, engine: Engine, rid: str, created: int, decoding:
         decoding=decoding, ignored_messages=ignored)
 
 
+def stream_chunks(out: ChatCompletion, include_usage: bool) -> list[dict[str, Any]]:
+    """``out`` as chat.completion.chunk objects (app.openai_schemas.ChatCompletionChunk), in order: per choice
+    its role (with content ''), its text, its finish_reason (with the extensions seed, score and ranking); the
+    request's extensions in the first chunk; with ``include_usage`` a last chunk of usage and no choices, and
+    ``usage: null`` in every other chunk (OpenAI's rule)."""
+    head: dict[str, Any] = {"id": out.id, "object": "chat.completion.chunk", "created": out.created,
+                            "model": out.model, "system_fingerprint": out.system_fingerprint}
+    if include_usage:
+        head["usage"] = None
+    chunks: list[dict[str, Any]] = []
+    for c in out.choices:
+        last = {"seed": c.seed, "score": c.score, **({"ranking": c.ranking} if c.ranking is not None else {})}
+        for delta, finish, extra in (({"role": "assistant", "content": ""}, None, {}),
+                                     ({"content": c.message.content}, None, {}), ({}, c.finish_reason, last)):
+            chunks.append({**head, "choices": [{"index": c.index, "delta": delta, "logprobs": None,
+                                                "finish_reason": finish, **extra}]})
+    chunks[0].update(seed=out.seed, candidates=out.candidates, decoding=out.decoding.model_dump(),
+                     ignored_messages=out.ignored_messages)
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": out.usage.model_dump()})
+    return chunks
+
+
+async def sse(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Server-sent events: ``data: {json}`` and a blank line per chunk (JSON escapes every newline, so an event
+    is one line), then ``data: [DONE]``."""
+    for chunk in chunks:
+        yield b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None when the client disconnects first; ``work`` is then cancelled, and
+    Runtime.generate cancels the request's future, so the batcher decodes no more of its rows."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # this request was cancelled (the drain timeout): Runtime.generate answers
+        task.cancel()
+        return await task
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # cancelled, or failed meanwhile: nobody is there to tell
+        pass
+    return None
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client disconnects (the body was read before: what comes next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _generate(rt: Runtime, engine: Engine, req: GenerationRequest, rid: str, first: list[int]) -> Result:
+    """Runtime.generate, the engine's InputError named in this API's terms (``messages.i.content``)."""
+    try:
+        return await rt.generate(engine, req, rid)
+    except InputError as e:
+        loc: list[Any] = list(e.loc)
+        if loc[:1] == ["context"]:
+            loc = ["messages", first[loc[1]], "content"] if len(loc) > 1 else ["messages"]
+        param = ".".join(str(x) for x in loc)
+        raise OpenAIError(400, f"{param}: {e.msg}", param=param, code="invalid_value") from None
+
+
 def _unknown_model(name: str, engine: Engine) -> OpenAIError:
     return OpenAIError(404, f"the model '{name[:80]}' does not exist: this server serves '{engine.bundle.name}' "
                             "(GET /v1/models)", param="model", code="model_not_found")
@@ -116,10 +202,18 @@ def router(Body: type[ChatRequestBase]) -> APIRouter:
     """The /v1 routes on their request body (app.openai_schemas.chat_request_model: this deployment's limits)."""
     r = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
-    @r.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+    @r.post("/chat/completions", response_model=ChatCompletion, responses={**ERRORS, **STREAMED})
     async def chat_completions(body: Body,  # type: ignore[valid-type]
-                               request: Request, rt: RuntimeDep) -> ChatCompletion:
-        """OpenAI's chat completion: n choices replying to the last (user) message of ``messages``, best first."""
+                               request: Request, rt: RuntimeDep) -> ChatCompletion | Response:
+        """OpenAI's chat completion: n choices replying to the last (user) message of ``messages``, best first.
+
+        With ``stream: true`` the same choices come as an event stream of chat.completion.chunk objects: per
+        choice (its ``index`` in each chunk) its role, its whole text in one content delta and its
+        finish_reason, then a usage chunk when ``stream_options.include_usage``, then ``data: [DONE]``. The
+        stream starts once the replies are complete: with reranking (the default) once they are chosen among
+        the complete candidates; without it, this engine too returns a request's replies together, so tokens
+        are not sent as they are decoded. Until then every error is the same JSON error, with the same status,
+        as without streaming; a client that disconnects first cancels its request."""
         body = cast(ChatRequestBase, body)  # for the type checker: Body is built at run time from this base
         engine = rt.require_engine()
         if body.model != engine.bundle.name:
@@ -132,14 +226,13 @@ def router(Body: type[ChatRequestBase]) -> APIRouter:
                                 strategy=strategy, temperature=temperature, top_p=top_p,  # type: ignore[arg-type]
                                 max_tokens=max_tokens_of(body.max_tokens, body.max_completion_tokens),
                                 rerank=body.rerank)
-        try:
-            result = await rt.generate(engine, req, rid)
-        except InputError as e:
-            loc: list[Any] = list(e.loc)
-            if loc[:1] == ["context"]:
-                loc = ["messages", first[loc[1]], "content"] if len(loc) > 1 else ["messages"]
-            param = ".".join(str(x) for x in loc)
-            raise OpenAIError(400, f"{param}: {e.msg}", param=param, code="invalid_value") from None
+        if body.stream:
+            got = await unless_disconnected(request, _generate(rt, engine, req, rid, first))
+            if got is None:
+                return Response(status_code=CLIENT_GONE)
+            result = got
+        else:
+            result = await _generate(rt, engine, req, rid, first)
         if not result.replies:  # every candidate came out empty: no choice to give, and choices[0] must exist
             raise OpenAIError(500, f"the model wrote no reply to this dialog: all {result.candidates} candidates "
                                    "were empty; retry with another seed", code="no_reply")
@@ -148,7 +241,12 @@ def router(Body: type[ChatRequestBase]) -> APIRouter:
                             top_p=top_p if sampled else None, rerank=result.reranked,
                             latent_temperature=(engine.latent_temperature if body.latent_temperature is None
                                                 else body.latent_temperature))
-        return completion(result, engine, rid, created, decoding, ignored)
+        out = completion(result, engine, rid, created, decoding, ignored)
+        if not body.stream:
+            return out
+        usage = body.stream_options is not None and bool(body.stream_options.include_usage)
+        return StreamingResponse(sse(stream_chunks(out, usage)), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @r.get("/models", response_model=ModelList, responses={401: ERRORS[401], 503: ERRORS[503]})
     def models(rt: RuntimeDep) -> ModelList:

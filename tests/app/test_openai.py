@@ -1,6 +1,6 @@
 """The OpenAI-compatible routes: the official openai client against a live server (n choices, seed replay,
 errors, /v1/models), and the mapping to the engine's decoding through the app (TestClient), each row against
-the same request on /respond."""
+the same request on /respond. Streaming: test_openai_stream.py."""
 from __future__ import annotations
 
 import runpy
@@ -94,7 +94,8 @@ def test_openai_client_models_auth_and_errors(make_server):
            ({"temperature": -1}, "temperature", "invalid_value"),
            ({"top_p": 1.5}, "top_p", "invalid_value"), ({"seed": -1}, "seed", "invalid_value"),
            ({"max_tokens": 13}, "max_tokens", "invalid_value"),  # over the tiny model's max_decode_len (12)
-           ({"stream": True}, "stream", "unsupported_value"), ({"stop": ["\n"]}, "stop", "unsupported_value"),
+           ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),  # without stream
+           ({"stop": ["\n"]}, "stop", "unsupported_value"),
            ({"extra_body": {"top_k": 5}}, "top_k", "unknown_parameter")]
     for kwargs, param, code in bad:
         with pytest.raises(openai.BadRequestError) as e:
@@ -215,7 +216,8 @@ def test_latent_temperature_zero_without_reranking_gives_one_choice(client):
     ({"max_tokens": 3, "max_completion_tokens": 4}, "max_tokens", "invalid_value"),
     ({"latent_temperature": -1}, "latent_temperature", "invalid_value"),
     ({"user": "u" * 257}, "user", "invalid_value"),
-    ({"stream": True}, "stream", "unsupported_value"),
+    ({"stream": "yes"}, "stream", "invalid_type"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),  # stream: true only
     ({"logprobs": True}, "logprobs", "unsupported_value"),
     ({"presence_penalty": 0.5}, "presence_penalty", "unsupported_value"),
     ({"stop": "\n"}, "stop", "unsupported_value"),
