@@ -111,7 +111,7 @@ class Trainer:
         cfg = self.cfg
         cfg_path = self.out / "config.json"
         resolved = cfg.to_dict()
-        if self.ckpt_path.exists() and cfg_path.exists():
+        if self._has_checkpoint() and cfg_path.exists():
             saved = json.loads(cfg_path.read_text())
             model_saved = saved.get("model")
             if isinstance(model_saved, dict) and model_saved.get("kgcvae") and "kgcvae_style" not in model_saved:
@@ -128,7 +128,7 @@ class Trainer:
         train_dialogs = load_split(cfg, "train")
         valid_dialogs = load_split(cfg, "valid")
         self.out.mkdir(parents=True, exist_ok=True)  # once the data reads: a failed start leaves nothing behind
-        if self.is_main and not (self.ckpt_path.exists() and cfg_path.exists()):
+        if self.is_main and not (self._has_checkpoint() and cfg_path.exists()):
             cfg_path.write_text(json.dumps(resolved, indent=2))
         tok_path = self.out / "tokenizer.model"
         if self.is_main and not tok_path.exists():
@@ -167,13 +167,18 @@ class Trainer:
         self.stream = BatchStream(self.train_set, cfg.train.seed, cfg.train.batch_size, cfg.train.bucket)
         self.step, self.cursor, self.best = 0, 0, math.inf
         self.cpu_s = self.wall_s = 0.0  # the run's process CPU time and wall time so far, over every resume
-        if self.ckpt_path.exists():
+        if self._has_checkpoint():
             self._resume()
         elif self.is_main:
             # A start killed before its first checkpoint leaves rows that this start logs again.
             _truncate_metrics(self.out / "metrics.jsonl", 0)
 
     # ----- checkpoints ------------------------------------------------------------------------
+    def _has_checkpoint(self) -> bool:
+        """Whether there is a checkpoint to resume from: the current one, or only the previous one (what a kill
+        inside a rotation leaves where hard links are not supported)."""
+        return self.ckpt_path.exists() or ckpt.previous(self.ckpt_path).exists()
+
     def _save(self) -> None:
         if not self.is_main:
             return
@@ -190,18 +195,27 @@ class Trainer:
                 "world": self.world, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
                 "rng_python": repr(random.getstate()),
                 "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-        ckpt.atomic_save(self.ckpt_path, tensors, meta)
+        ckpt.save(self.ckpt_path, tensors, meta)
 
     def _resume(self) -> None:
-        tensors, meta = ckpt.load(self.ckpt_path)
+        # The newest checkpoint whose sha256 holds; a damaged one is refused by path, and kept aside (so that
+        # the next save does not rotate it into the previous one's place).
+        tensors, meta, path, refused = ckpt.load_latest(self.ckpt_path)
+        for reason in refused:
+            log.error("refused %s", reason)
+        self._barrier()  # every rank has read its checkpoint before the damaged one moves
+        if refused and self.is_main and path != self.ckpt_path and self.ckpt_path.exists():
+            aside = self.ckpt_path.with_name(f"{self.ckpt_path.stem}.corrupt{self.ckpt_path.suffix}")
+            os.replace(self.ckpt_path, aside)
+            log.warning("moved the refused checkpoint to %s (for inspection; safe to delete)", aside)
         if meta.get("world", 1) != self.world:
-            raise RunError(f"{self.ckpt_path}: saved with {meta.get('world')} processes, resumed "
+            raise RunError(f"{path}: saved with {meta.get('world')} processes, resumed "
                            f"with {self.world}: the data order would differ")
         try:
             self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
             ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise ckpt.CheckpointError(f"{self.ckpt_path}: does not fit this model: {e}") from None
+            raise ckpt.CheckpointError(f"{path}: does not fit this model: {e}") from None
         torch.set_rng_state(tensors["rng.torch"])
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
@@ -212,7 +226,7 @@ class Trainer:
         self.cpu_s, self.wall_s = meta.get("cpu_s", 0.0), meta.get("wall_s", 0.0)
         if self.is_main:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
-        log.info("resumed from %s at step %d", self.ckpt_path, self.step)
+        log.info("resumed from %s at step %d", path, self.step)
 
     # ----- the loop ---------------------------------------------------------------------------
     def _clock(self) -> tuple[float, float]:

@@ -126,11 +126,12 @@ def test_corrupt_checkpoint_exits_2_naming_it(finished_run, tmp_path):
     for name, damage in CKPT_FAULTS.items():
         d = tmp_path / name
         shutil.copytree(run, d)
-        ck = d / "checkpoint.safetensors"
-        if damage is None:
-            shutil.copy(d / "bundle" / "model.safetensors", ck)
-        else:
-            damage(ck)
+        # both the checkpoint and the previous one: with one of them whole the run resumes from it
+        for ck in (d / "checkpoint.safetensors", d / "checkpoint.prev.safetensors"):
+            if damage is None:
+                shutil.copy(d / "bundle" / "model.safetensors", ck)
+            else:
+                damage(ck)
         procs[name] = subprocess.Popen(killtest.train_cmd(config, d), cwd=ROOT, env=_env(), text=True,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     failures = []
@@ -138,7 +139,8 @@ def test_corrupt_checkpoint_exits_2_naming_it(finished_run, tmp_path):
         _, err = p.communicate(timeout=300)
         ck = tmp_path / name / "checkpoint.safetensors"
         last = err.strip().splitlines()[-1] if err.strip() else ""
-        if p.returncode != 2 or not last.startswith(f"error: {ck}:") or "Traceback" in err:
+        if (p.returncode != 2 or not last.startswith(f"error: {ck}:") or "Traceback" in err
+                or f"{ck.with_name('checkpoint.prev.safetensors')}:" not in last):
             failures.append((name, p.returncode, err[-600:]))
     assert not failures, failures
 

@@ -161,10 +161,12 @@ def test_resume_refuses_a_different_config(synthetic_corpus, tmp_path):
 def test_corrupt_checkpoint_is_named(synthetic_corpus, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_cli(synthetic_corpus, run) == 0
-    ckpt = run / "checkpoint.safetensors"
-    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    ckpt, prev = run / "checkpoint.safetensors", run / "checkpoint.prev.safetensors"
+    for path in (ckpt, prev):  # with only one damaged the run resumes from the other (test_checkpoint_integrity)
+        path.write_bytes(path.read_bytes()[:100])
     assert train_cli(synthetic_corpus, run) == 2
-    assert "checkpoint.safetensors" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and str(prev) in err
 
 
 @pytest.mark.parametrize("override,needle", [
