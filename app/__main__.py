@@ -1,5 +1,6 @@
 """Command line: ``python -m app [serve] [--bundle DIR] [--port 8000] ...`` runs the server;
-``python -m app respond --bundle DIR "hi there" -n 5`` prints replies without one.
+``python -m app respond --bundle DIR "hi there" -n 5`` prints replies without one. Installed, the same command
+is ``cvae-dialog`` (pyproject.toml's console script).
 
 Flags override the DIALOG_* environment variables they mirror."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 from .settings import Settings
@@ -128,12 +130,19 @@ def _settings(args: argparse.Namespace, names: set[str] | None = None, **extra: 
     return settings
 
 
+def program() -> str:
+    """The name this command was run by: ``python -m app``, or the installed ``cvae-dialog``'s."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("cvae-dialog") else "python -m app"
+
+
 def serve_parser() -> argparse.ArgumentParser:
+    prog = program()
     p = argparse.ArgumentParser(
-        prog="python -m app",
-        description="Run the dialog response server (the default command). Other command: "
-                    "'python -m app respond --bundle DIR \"hi there\" -n 5' prints replies without a server "
-                    "(see 'python -m app respond --help').",
+        prog=prog,
+        description=f"Run the dialog response server (the default command, also '{prog} serve'). Other command: "
+                    f"'{prog} respond --bundle DIR \"hi there\" -n 5' prints replies without a server "
+                    f"(see '{prog} respond --help').",
         epilog="Every flag mirrors an environment variable DIALOG_<NAME>; flags win.")
     _add_flags(p)
     p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
@@ -149,7 +158,7 @@ RESPOND_SETTINGS = {"bundle", "device", "torch_threads", "max_n", "dedupe_rounds
 
 
 def respond_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m app respond",
+    p = argparse.ArgumentParser(prog=f"{program()} respond",
                                 description="Print replies to a dialog context, without a server.")
     # A flag that is a field of the request takes the values the API takes (app.schemas); the server's limits
     # (--max-n, DIALOG_MAX_TOKENS, the model's max_decode_len) are then checked as the server checks them.

@@ -86,10 +86,14 @@ class Server:
     """``with Server(["--bundle", DIR]) as srv:`` starts the server, waits for /readyz 200, and on exit
     sends SIGTERM (then SIGKILL after ``stop_timeout``). Its log goes to a temporary file (``srv.log()``),
     never to a pipe that could fill up and block it. ``user``: run it as that uid (and the group of the same
-    id, no other groups), which needs root."""
+    id, no other groups), which needs root. ``command``: the program in place of ``python -m app`` (an installed
+    ``cvae-dialog``), run in ``cwd`` (default: the checkout)."""
 
     def __init__(self, args: list[str] | None = None, env: dict[str, str] | None = None,
-                 ready_timeout: float = 120.0, stop_timeout: float = 30.0, user: int | None = None):
+                 ready_timeout: float = 120.0, stop_timeout: float = 30.0, user: int | None = None,
+                 command: list[str] | None = None, cwd: str | Path | None = None):
+        self.command = list(command or [sys.executable, "-m", "app"])
+        self.cwd = Path(cwd) if cwd is not None else ROOT
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = list(args or [])
@@ -108,9 +112,9 @@ class Server:
         return self.proc.pid
 
     def start(self) -> "Server":
-        cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+        cmd = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         as_user = {} if self.user is None else {"user": self.user, "group": self.user, "extra_groups": []}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      **as_user)
         proc = self.proc
         try:
