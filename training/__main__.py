@@ -175,7 +175,7 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from model import rerank as rr
 
-    p = argparse.ArgumentParser(prog="python -m training",
+    p = argparse.ArgumentParser(prog=_program(),
                                 description="Train, evaluate and compare CVAE dialog models.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -292,9 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _program() -> str:
+    """The name this command was run by: ``python -m training``, or the installed ``cvae-dialog-train``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("cvae-dialog-train") else "python -m training"
+
+
 def _missing_extra(e: ModuleNotFoundError) -> int:
-    print(f"error: {e}: training needs its extra packages; install them with `.venv/bin/pip install "
-          "-c constraints.txt -c requirements/dev.txt -e '.[train]'` (or `make install-dev`)", file=sys.stderr)
+    if _program() == "python -m training":
+        how = ("`.venv/bin/pip install -c constraints.txt -c requirements/dev.txt -e '.[train]'` "
+               "(or `make install-dev`)")
+    else:
+        how = "`pip install 'cvae-dialog[train]'`"
+    print(f"error: {e}: training needs its extra packages; install them with {how}", file=sys.stderr)
     return 2
 
 
@@ -309,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         from .humaneval import HumanEvalError
         from .loop import RunError
         from model.bundle import BundleError
+        from model.files import WriteError
         from model.rerank import RerankError
     except ModuleNotFoundError as e:
         return _missing_extra(e)
@@ -317,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         return _missing_extra(e)
     except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, RerankError, FileNotFoundError,
-            HumanEvalError) as e:
+            HumanEvalError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -27,3 +27,14 @@ def test_training_without_its_extra_says_how_to_install_it(tmp_path, package):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and package in last and "training needs its extra packages" in last
     assert "requirements/dev.txt" in last and "make install-dev" in last
+
+
+def test_the_installed_command_names_itself_and_the_installed_extra(monkeypatch, capsys):
+    from training import __main__ as m
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/cvae-dialog-train", "--help"])
+    assert m.build_parser().prog == "cvae-dialog-train"
+    assert m._missing_extra(ModuleNotFoundError("No module named 'yaml'")) == 2
+    assert "pip install 'cvae-dialog[train]'" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    assert m.build_parser().prog == "python -m training"
