@@ -2,7 +2,10 @@
 
 A *word* is a maximal run of letters, digits and apostrophes ("don't", "lol", "5pm"); everything else (spaces,
 punctuation, emoticon marks) separates words. The lexicon holds the lower-cased words seen at least K times in
-the training text (so one-off typos drop out); a word holding a digit is a number and always allowed.
+the training text (so one-off typos drop out). A number is always allowed: digits, then at most one of a few
+suffixes ("5pm", "2nd", "1990s", "90's", "10k"); any other word holding a digit ("mp3") only when the lexicon
+has it. (Any letters after a digit were allowed before, and one reply at a high latent temperature read
+"500ealandealandealand".)
 
 The constraint tracks, per decoded row, the word being written (its letters so far). A SentencePiece piece
 may close it (a piece starting with the word-boundary mark or a separator), continue it, or close it and
@@ -29,6 +32,11 @@ import torch
 from .config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 BOUNDARY = "\u2581"  # SentencePiece's word-boundary mark
+# What may follow the digits of a number: ordinals, plurals, times, magnitudes and units.
+NUMBER_SUFFIXES = ("s", "'s", "st", "nd", "rd", "th", "am", "pm", "k", "m", "b", "x", "ish", "h", "hr", "hrs",
+                   "min", "mins", "yr", "yrs", "ft", "lb", "lbs", "kg", "km", "mph", "cm", "mm", "d")
+_NUMBER = re.compile(r"(\d+)(.*)")
+_SUFFIX_PREFIXES = frozenset(x[:i] for x in NUMBER_SUFFIXES for i in range(len(x) + 1))
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
 FILE = "lexicon.txt"
 
@@ -56,13 +64,19 @@ class Lexicon:
         return cls((w for w, c in counts.items() if c >= min_count), min_count)
 
     def __contains__(self, word: str) -> bool:
-        return word in self.words or any(ch.isdigit() for ch in word)
+        if word in self.words:
+            return True
+        m = _NUMBER.fullmatch(word)
+        return m is not None and (m.group(2) == "" or m.group(2) in NUMBER_SUFFIXES)
 
     def __len__(self) -> int:
         return len(self.words)
 
     def is_prefix(self, part: str) -> bool:
-        return part in self.prefixes or any(ch.isdigit() for ch in part)
+        if part in self.prefixes:
+            return True
+        m = _NUMBER.fullmatch(part)  # digits so far, or digits and the start of a suffix
+        return m is not None and m.group(2) in _SUFFIX_PREFIXES
 
     def save(self, path: str | Path) -> None:
         from .files import atomic_write

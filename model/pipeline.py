@@ -313,6 +313,9 @@ class ReplyPipeline:
             if req.rerank:
                 raise InputError(("rerank",), "given latents are decoded one reply each, not reranked: "
                                  "leave rerank out or false", req.rerank)
+            if req.seed is not None and req.strategy == "greedy":
+                raise InputError(("seed",), "a seed draws latent codes and sampling noise; given latents decoded "
+                                 "greedily use neither", req.seed)
         else:
             n = req.n
             if not 1 <= n <= lim.max_n:

@@ -114,3 +114,18 @@ def test_thousands_of_random_replies_hold_only_lexicon_words(tokenizer):
         free = decode(model, cond, z, 12, strategy="sample", temperature=2.0, banned=banned)
         bad_free += sum(any(w not in lex for w in words(tokenizer.decode(t))) for t in free.tokens)
     assert bad_free > 100  # the test would catch a constraint that does nothing
+
+
+def test_numbers_take_digits_and_one_known_suffix_only():
+    """A word holding a digit was always allowed, so any letters could follow one ("500ealandealand" came out
+    at a high latent temperature); now a number is digits and at most one known suffix, and other words with
+    digits must be in the lexicon."""
+    from model.lexicon import Lexicon
+
+    lex = Lexicon(["hello", "mp3"])
+    for w in ("5", "1990", "5pm", "2nd", "1990s", "90's", "10k", "mp3"):
+        assert w in lex, w
+    for w in ("500ealand", "12ab", "1st2", "3x4", "ps4"):
+        assert w not in lex, w
+    assert lex.is_prefix("50") and lex.is_prefix("5p") and lex.is_prefix("2n") and lex.is_prefix("mp")
+    assert not lex.is_prefix("50e") and not lex.is_prefix("12ab")

@@ -36,6 +36,7 @@ def refused(pipeline: ReplyPipeline, **fields) -> InputError:
     (dict(candidates=3, n=5), ("candidates",)),
     (dict(latents=[[0.0] * 8], latent_temperature=0.5), ("latent_temperature",)),
     (dict(latents=[[0.0] * 8], rerank=True), ("rerank",)),
+    (dict(latents=[[0.0] * 8], seed=3), ("seed",)),  # greedy decoding of a given code draws nothing
     (dict(latents=[[0.0] * 7]), ("latents", 0)),
     (dict(context=["a b"] * 5), ("context",)),  # more turns than the limit
     (dict(context=["hi", "x" * 51]), ("context", 1)),  # a turn over the length limit
