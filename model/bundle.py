@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import CVAEConfig
 from .cvae import CVAE
-from .files import atomic_write
+from .files import StagedFiles, staged_files
 from .lexicon import FILE as LEXICON_FILE
 from .lexicon import Lexicon
 from .quantize import MODES as QUANTIZE_MODES
@@ -81,30 +81,43 @@ def save_bundle(out_dir: str | Path, model: CVAE, tokenizer: Tokenizer, name: st
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in model.state_dict().items()}
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     config = {"format": FORMAT, "version": VERSION, "name": name, "text_style": text_style,
               "model": model.cfg.to_dict(), "weights_dtype": str(dtype).removeprefix("torch."),
               **(extra or {})}
-    atomic_write(out / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
-    atomic_write(out / "tokenizer.model", tokenizer.proto)
-    for obj, fname in ((lexicon, LEXICON_FILE), (reply_lm, REPLY_LM_FILE)):
-        if obj is not None:
-            obj.save(out / fname)
-        elif (out / fname).exists():
-            (out / fname).unlink()
-    return write_manifest(out)
+    # Every file is written before any replaces its old version, so a write that fails (a full disk) leaves
+    # the bundle that was there whole. Readable by a service running as another user (a container's non-root one).
+    with staged_files(out, mode=0o644) as staged:
+        save_file(tensors, str(staged.path("model.safetensors")), metadata={"format": FORMAT})
+        staged.path("config.json").write_bytes(json.dumps(config, indent=2, sort_keys=True).encode())
+        staged.path("tokenizer.model").write_bytes(tokenizer.proto)
+        for obj, fname in ((lexicon, LEXICON_FILE), (reply_lm, REPLY_LM_FILE)):
+            if obj is not None:
+                obj.save(staged.path(fname))
+            else:
+                staged.remove(fname)
+        sha = _stage_manifest(out, staged)
+    return sha
+
+
+def _stage_manifest(out: Path, staged: StagedFiles) -> str:
+    """Stage manifest.json over the bundle's files as they will be once ``staged`` is in place (a staged file's
+    new content, else the file there); returns the bundle's sha256."""
+    files = {f: staged.staged.get(f, out / f) for f in (*FILES, *OPTIONAL_FILES) if f not in staged.removed}
+    files = {f: p for f, p in files.items() if p.is_file()}
+    manifest = {"format": FORMAT, "version": VERSION, "files": {f: sha256_file(p) for f, p in files.items()}}
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    staged.path("manifest.json").write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_manifest(out: Path) -> str:
     """(Re)write manifest.json over the bundle's files; returns the bundle's sha256."""
-    names = [*FILES, *(f for f in OPTIONAL_FILES if (out / f).is_file())]
-    manifest = {"format": FORMAT, "version": VERSION, "files": {f: sha256_file(out / f) for f in names}}
-    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    atomic_write(out / "manifest.json", data)
-    for name in (*names, "manifest.json"):
-        # Readable by a service running as another user (e.g. a container's non-root user).
-        os.chmod(out / name, 0o644)
-    return hashlib.sha256(data).hexdigest()
+    with staged_files(out, mode=0o644) as staged:
+        sha = _stage_manifest(out, staged)
+    for name in (*FILES, *OPTIONAL_FILES):
+        if (out / name).is_file():  # readable by a service running as another user (a container's non-root one)
+            os.chmod(out / name, 0o644)
+    return sha
 
 
 def add_lexicon(path: str | Path, lexicon: Lexicon, reply_lm: ReplyLM | None = None) -> str:
@@ -112,10 +125,12 @@ def add_lexicon(path: str | Path, lexicon: Lexicon, reply_lm: ReplyLM | None = N
     returns the new sha256."""
     root = Path(path)
     verify_bundle(root)
-    lexicon.save(root / LEXICON_FILE)
-    if reply_lm is not None:
-        reply_lm.save(root / REPLY_LM_FILE)
-    return write_manifest(root)
+    with staged_files(root, mode=0o644) as staged:
+        lexicon.save(staged.path(LEXICON_FILE))
+        if reply_lm is not None:
+            reply_lm.save(staged.path(REPLY_LM_FILE))
+        sha = _stage_manifest(root, staged)
+    return sha
 
 
 def verify_bundle(path: str | Path) -> tuple[dict[str, Any], str]:

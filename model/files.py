@@ -24,16 +24,16 @@ def fsync_dir(path: Path) -> None:
 
 
 class WriteError(OSError):
-    """A file that could not be written (a full disk, a read-only folder): one line naming it. The file at that
-    path, if there was one, is unchanged."""
+    """A file that could not be written (a full disk, a read-only folder): one line naming it, and saying what
+    became of the file (``note``; by default that of an atomic write: the file there is unchanged)."""
 
-    def __init__(self, path: str | Path, code: int, reason: str):
+    def __init__(self, path: str | Path, code: int, reason: str, note: str = "the file there, if any, is unchanged"):
         super().__init__(code, reason, str(path))
+        self.note = note
 
     def __str__(self) -> str:
         hint = ": the disk is full" if self.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        return (f"{self.filename}: cannot write ({self.strerror}, errno {self.errno}){hint}; "
-                "the file there, if any, is unchanged")
+        return f"{self.filename}: cannot write ({self.strerror}, errno {self.errno}){hint}; {self.note}"
 
 
 def _io_errno(e: BaseException, *ours: Path) -> int | None:
@@ -69,6 +69,61 @@ def atomic_path(path: str | Path, clean_stale: bool = False) -> Iterator[Path]:
             raise
         raise WriteError(path, code, os.strerror(code)) from e
     fsync_dir(path.parent)
+
+
+class StagedFiles:
+    """New contents for several files of one folder, each written to a temporary file beside its target; see
+    :func:`staged_files`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.staged: dict[str, Path] = {}
+        self.removed: list[str] = []
+        self.current: str | None = None  # the file being written: the one a failure names
+
+    def path(self, name: str) -> Path:
+        """The temporary path to write ``name``'s new content to."""
+        if name not in self.staged:
+            self.staged[name] = self.folder / f"{name}.tmp{os.getpid()}"
+        self.current = name
+        return self.staged[name]
+
+    def remove(self, name: str) -> None:
+        """Delete ``name`` when the files are put in place."""
+        self.removed.append(name)
+
+
+@contextmanager
+def staged_files(folder: str | Path, mode: int | None = None) -> Iterator[StagedFiles]:
+    """Replace several files of ``folder`` together: the block writes each new file to ``staged.path(name)``;
+    when it ends, every staged file is fsynced (and given ``mode``), and only then renamed into place, in the
+    order staged, so put the file that vouches for the others (a manifest) last. A failure while staging (a
+    full disk) leaves every file of the folder as it was, removes the temporary files and raises WriteError
+    naming the file being written. The renames need no space; a kill between two of them can leave a folder
+    with some files new (a manifest then fails to verify)."""
+    folder = Path(folder)
+    staged = StagedFiles(folder)
+    try:
+        yield staged
+        for name, tmp in staged.staged.items():
+            staged.current = name
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+    except BaseException as e:
+        for tmp in staged.staged.values():
+            tmp.unlink(missing_ok=True)
+        failed = staged.current
+        code = None if failed is None else _io_errno(e, *staged.staged.values())
+        if failed is None or code is None:
+            raise
+        raise WriteError(folder / failed, code, os.strerror(code)) from e
+    for name, tmp in staged.staged.items():
+        os.replace(tmp, folder / name)
+    for name in staged.removed:
+        (folder / name).unlink(missing_ok=True)
+    fsync_dir(folder)
 
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[Path], None]) -> None:

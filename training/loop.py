@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from model.bundle import save_bundle
 from model.cvae import CVAE
-from model.files import DeviceError, atomic_write, pick_device
+from model.files import DeviceError, WriteError, atomic_write, pick_device
 from model.lexicon import Lexicon
 from model.replylm import ReplyLM
 from model.recurrent import keep_freed_memory
@@ -129,7 +129,7 @@ class Trainer:
         valid_dialogs = load_split(cfg, "valid")
         self.out.mkdir(parents=True, exist_ok=True)  # once the data reads: a failed start leaves nothing behind
         if self.is_main and not (self._has_checkpoint() and cfg_path.exists()):
-            cfg_path.write_text(json.dumps(resolved, indent=2))
+            atomic_write(cfg_path, json.dumps(resolved, indent=2))
         tok_path = self.out / "tokenizer.model"
         if self.is_main and not tok_path.exists():
             log.info("training a %d-piece SentencePiece model", cfg.tokenizer.vocab_size)
@@ -249,8 +249,13 @@ class Trainer:
     def _log(self, row: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        path = self.out / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise WriteError(path, e.errno or 0, e.strerror or str(e),
+                             "its last line may be torn, and a resume drops it") from e
 
     def validate(self) -> dict[str, float]:
         lc = self.cfg.train
