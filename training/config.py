@@ -93,6 +93,7 @@ class LoopConfig:
     export: str = "best"  # best (lowest validation ELBO) | last: which weights the bundle gets
     bow_weight: float = 1.0  # weight of the bag-of-words loss (Zhao et al.'s auxiliary loss); 0 = without it
     rs_weight: float = 0.0  # weight of the response-selection loss (model.rs_dim > 0: PLATO's RS objective)
+    init_from: str = ""  # a bundle whose weights (and tokenizer) a new run starts from; "" = random weights
     export_best: bool = False  # also write bundle-best/ with the lowest-validation-ELBO weights (for studies)
 
 

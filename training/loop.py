@@ -131,6 +131,9 @@ class Trainer:
         if self.is_main and not (self._has_checkpoint() and cfg_path.exists()):
             atomic_write(cfg_path, json.dumps(resolved, indent=2))
         tok_path = self.out / "tokenizer.model"
+        init = self._init_bundle()
+        if self.is_main and not tok_path.exists() and init is not None:
+            atomic_write(tok_path, (init.path / "tokenizer.model").read_bytes())  # its weights need its pieces
         if self.is_main and not tok_path.exists():
             log.info("training a %d-piece SentencePiece model", cfg.tokenizer.vocab_size)
             texts = [normalize(t.text, self.style) for d in train_dialogs for t in d.turns]
@@ -159,6 +162,13 @@ class Trainer:
         random.seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.model = CVAE(mc).to(self.device)
+        if init is not None and not self._has_checkpoint():
+            if init.config != mc:
+                diff = [k for k, v in mc.to_dict().items() if init.config.to_dict().get(k) != v]
+                raise RunError(f"train.init_from: {init.path} holds another model ({', '.join(diff)} differ): "
+                               "give the config it was trained with")
+            self.model.load_state_dict(init.model.state_dict())
+            log.info("initialised from %s (sha256 %s); the schedule starts at step 0", init.path, init.sha256[:12])
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -172,6 +182,18 @@ class Trainer:
         elif self.is_main:
             # A start killed before its first checkpoint leaves rows that this start logs again.
             _truncate_metrics(self.out / "metrics.jsonl", 0)
+
+    def _init_bundle(self) -> Any:
+        """The bundle of train.init_from (a run whose folder was lost continues from its last committed
+        weights: a new run, at step 0, from those weights), or None."""
+        if not self.cfg.train.init_from or self._has_checkpoint():
+            return None
+        from model.bundle import BundleError, load_bundle
+
+        try:
+            return load_bundle(self.cfg.train.init_from)
+        except BundleError as e:
+            raise RunError(f"train.init_from: {e}") from None
 
     # ----- checkpoints ------------------------------------------------------------------------
     def _has_checkpoint(self) -> bool:

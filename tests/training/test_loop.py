@@ -315,3 +315,20 @@ def test_response_selection_head_trains_and_is_logged(synthetic_corpus, tmp_path
     plain = tmp_path / "plain"
     assert train_cli(synthetic_corpus, plain, "train.steps=4") == 0
     assert all(r["rs_loss"] == 0 for r in rows(plain) if r.get("split") != "valid")
+
+
+def test_init_from_starts_a_new_run_from_a_bundles_weights(synthetic_corpus, tmp_path):
+    """The long run's fallback when its folder is lost: a new run from the last committed weights."""
+    first = tmp_path / "first"
+    assert train_cli(synthetic_corpus, first, "train.steps=6") == 0
+    again = tmp_path / "again"
+    assert train_cli(synthetic_corpus, again, "train.steps=1", "train.lr=1e-12",
+                     f"train.init_from={first / 'bundle'}") == 0
+    a = load_bundle(first / "bundle").model.state_dict()
+    b = load_bundle(again / "bundle").model.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)  # one step at lr 1e-12
+    assert (again / "tokenizer.model").read_bytes() == (first / "bundle" / "tokenizer.model").read_bytes()
+    other = tmp_path / "other"
+    assert train_cli(synthetic_corpus, other, "train.steps=1", "model.latent_dim=4",
+                     f"train.init_from={first / 'bundle'}") == 2  # another model: refused, one line
+    assert train_cli(synthetic_corpus, tmp_path / "none", "train.init_from=/nonexistent") == 2
