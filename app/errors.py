@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 MAX_ERRORS = 10
 MAX_STR = 80
 MAX_ITEMS = 5
+MAX_MESSAGE = 1000
 
 
 def encodable(value: Any) -> Any:
@@ -48,9 +50,13 @@ class ErrorResponse(JSONResponse):
 
 
 def shrink(value: Any, depth: int = 0) -> Any:
-    """A small stand-in for ``value``: long strings cut, long lists and dicts trimmed, nesting bounded."""
+    """A small stand-in for ``value``: long strings and numbers cut, long lists and dicts trimmed, nesting
+    bounded."""
     if isinstance(value, str):
         return value if len(value) <= MAX_STR else f"{value[:MAX_STR]}... [{len(value)} characters]"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * MAX_STR:
+        digits = str(abs(value))  # at most the decoder's limit on digits (sys.get_int_max_str_digits)
+        return f"{'-' if value < 0 else ''}{digits[:20]}... [{len(digits)} digits]"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN or Infinity
     if isinstance(value, (bytes, bytearray)):
@@ -75,6 +81,7 @@ def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     out = []
     for e in errors[:MAX_ERRORS]:
         e = dict(e)
+        e["loc"] = [shrink(x) for x in e.get("loc", ())]  # a field name is as long as the client made it
         if "input" in e:
             e["input"] = shrink(e["input"])
         e.pop("url", None)
@@ -133,7 +140,7 @@ def openai_validation_error(errors: list[dict[str, Any]]) -> OpenAIError:
     if not errors:
         return OpenAIError(400, "invalid request")
     e = errors[0]
-    loc = [str(x) for x in e.get("loc", ())]
+    loc = [str(shrink(x)) for x in e.get("loc", ())]  # a field name is as long as the client made it
     if loc[:1] == ["body"]:
         loc = loc[1:]
     kind = str(e.get("type", ""))
@@ -141,7 +148,7 @@ def openai_validation_error(errors: list[dict[str, Any]]) -> OpenAIError:
         loc = []  # the location is a character offset, not a parameter
     param = ".".join(loc) or None
     code = _VALIDATION_CODES.get(kind) or ("invalid_type" if kind.endswith("_type") else "invalid_value")
-    msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+    msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")[:MAX_MESSAGE]
     if kind == "extra_forbidden":
         msg = f"unknown parameter '{param}' (this server does not support it)"
     elif param:
@@ -166,6 +173,9 @@ def undecodable_reason(exc: BaseException) -> str:
         return "the JSON is nested too deeply"  # valid JSON, deeper than Python's decoder recurses
     if isinstance(cause, UnicodeError):
         return "the body is not UTF-8 JSON"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        # valid JSON, but Python reads no integer of more digits (a guard against quadratic-time conversion)
+        return f"a number in it has more than {sys.get_int_max_str_digits()} digits"
     return "the body cannot be read as JSON"
 
 

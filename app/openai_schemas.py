@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, create_model,
-                      field_validator)
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from model.decoding import SEED_MOD
 
+from .schemas import refuse_lone_surrogates
 from .settings import Settings
 
 DIALOG_ROLES = ("user", "assistant")  # the two parties; system and developer messages are not given to the model
@@ -79,6 +80,12 @@ class ChatRequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(min_length=1, max_length=256, description="the served model's id (GET /v1/models)")
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        refuse_lone_surrogates(cls.__name__, data)
+        return data
+
     messages: list[ChatMessageBase]
     n: int = Field(1, ge=1, description="number of choices (distinct replies; fewer when the model cannot find "
                                         "that many different ones)")

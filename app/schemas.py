@@ -1,6 +1,7 @@
 """Request and response bodies. Limits come from Settings, so the request model is built per app."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, field_validator,
@@ -12,6 +13,49 @@ from model.decoding import SEED_MOD
 from .settings import Settings
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str from JSON, always a lone one: the decoder joins pairs
+MAX_REPORTED = 10
+
+
+def lone_surrogates(data: Any) -> list[tuple[tuple[str | int, ...], str, bool]]:
+    """(location, string, whether it is a field name) of each string in a decoded JSON body that holds a lone
+    surrogate (JSON's ``"\\ud800"``: half of a UTF-16 pair, not a character, and not encodable as UTF-8), in
+    document order, the first MAX_REPORTED. A field name's location is that of its object. Iterative: a body
+    nests as deep as the JSON decoder goes, deeper than a recursive walk could follow."""
+    found: list[tuple[tuple[str | int, ...], str, bool]] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack and len(found) < MAX_REPORTED:
+        loc, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                found.append((loc, value, False))
+        elif isinstance(value, dict):
+            for k in value:
+                if isinstance(k, str) and _SURROGATE.search(k):
+                    found.append((loc, k, True))
+            stack.extend(((*loc, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), v) for i, v in reversed(list(enumerate(value))))
+    return found[:MAX_REPORTED]
+
+
+def refuse_lone_surrogates(title: str, data: Any) -> None:
+    """Raise one validation error per string holding a lone surrogate (see :func:`lone_surrogates`), at its
+    location: every string of a request, whatever its field's own checks, and the field names, which reach no
+    field check at all."""
+    found = lone_surrogates(data)
+    if not found:
+        return
+    errors = []
+    for loc, text, is_name in found:
+        first = _SURROGATE.search(text)
+        escape = first.group().encode("unicode_escape").decode() if first else ""
+        what = "a field name" if is_name else "the text"
+        errors.append(InitErrorDetails(type=PydanticCustomError(
+            "string_unicode", "{what} holds a lone surrogate ({escape}): half of a UTF-16 pair, not a character; "
+            "send UTF-8 text, or a character beyond U+FFFF as both halves of its pair",
+            {"what": what, "escape": escape}), loc=loc, input=text))
+    raise ValidationError.from_exception_data(title, errors)
 
 
 class RespondRequestBase(BaseModel):
@@ -19,6 +63,12 @@ class RespondRequestBase(BaseModel):
 
     # Strict types: "5" is not a number and true is not 1 (ints are accepted where a float is expected).
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        refuse_lone_surrogates(cls.__name__, data)
+        return data
 
     context: list[str]
     n: int = Field(5, ge=1, description="number of replies")
