@@ -195,6 +195,7 @@ def test_a_full_disk_during_the_bundle_export(small_fs, straight, synthetic_corp
     filler.free()
     monkeypatch.setattr(loop, "save_bundle", real)
     assert train_cli(synthetic_corpus, run, *EXTRA) == 0
+    assert verify_bundle(run / "bundle")[1] == before  # the same bundle, exported again
     same_as_straight(run, straight)
 
 
