@@ -119,9 +119,12 @@ def _settings(args: argparse.Namespace, names: set[str] | None = None, **extra: 
     try:
         settings = Settings(**given, **extra)  # init arguments take precedence over the environment
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])} (flag --{str(err['loc'][0]).replace('_', '-')} "
-                             f"or DIALOG_{str(err['loc'][0]).upper()}): {err['msg']}, got {err.get('input')!r}"
-                             for err in e.errors())
+        def where(name: str) -> str:  # the flag only where this command has it (respond takes a few)
+            flag = f"flag --{name.replace('_', '-')} or " if name in names else ""
+            return f"{flag}DIALOG_{name.upper()}"
+
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])} ({where(str(err['loc'][0]))}): "
+                             f"{err['msg']}, got {err.get('input')!r}" for err in e.errors())
         raise UsageError(f"invalid setting: {problems}") from None
     try:
         pick_device(settings.device)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from model import rerank as rr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -31,7 +32,7 @@ class Settings(BaseSettings):
     # Micro-batching and back-pressure.
     max_batch_rows: int = Field(64, ge=1, description="most (context, latent) rows in one decode call")
     max_wait_ms: float = Field(5.0, ge=0, description="longest a batch waits for more rows, in milliseconds")
-    queue_size: int = Field(64, ge=0, description="most requests admitted at once (queued or running); more get 429")
+    queue_size: int = Field(64, ge=1, description="most requests admitted at once (queued or running); more get 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request time limit, in seconds (then 504)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 picks min(4, CPU cores - 1), at least 1")
     quantize: Literal["none", "int8"] = Field(
@@ -46,7 +47,8 @@ class Settings(BaseSettings):
                                                                   "when reranking")
     latent_temperature: float = Field(rr.DEFAULT_LATENT_TEMPERATURE, ge=0, le=10, description="default scale of the prior's standard "
                                                                    "deviation when sampling latent codes")
-    max_candidates: int = Field(64, ge=1, le=256, description="most candidates one request may decode")
+    max_candidates: int = Field(64, ge=1, le=256, description="most candidates one request may decode (at least "
+                                "max_n, so that any n a request may ask for has its n candidates)")
     mmi_weight: float = Field(rr.DEFAULT_MMI_WEIGHT, ge=0, le=2, description="weight of the anti-language-model term against "
                                                            "generic replies (0: likelihood only)")
     diversity: float = Field(rr.DEFAULT_DIVERSITY, ge=0, le=10, description="weight of the similarity penalty of the "
@@ -79,6 +81,18 @@ class Settings(BaseSettings):
                                  "listening and answers 503 (so clients and load balancers see it draining) "
                                  "before it closes its socket; it also waits for in-flight requests, "
                                  "up to drain_timeout_s")
+
+    @model_validator(mode="after")
+    def _candidates_for_every_n(self) -> "Settings":
+        # Below max_n, a request for more replies than max_candidates (the default n = 5 with max_candidates 4)
+        # would get a 422 on candidates, a field it never sent: refuse the setting instead, once, at start-up.
+        if self.max_candidates < self.max_n:
+            error = PydanticCustomError(
+                "value_error", "must be at least max_n ({max_n}; flag --max-n or DIALOG_MAX_N), so that any n a "
+                "request may ask for has its n candidates", {"max_n": self.max_n})
+            raise ValidationError.from_exception_data(type(self).__name__, [
+                InitErrorDetails(type=error, loc=("max_candidates",), input=self.max_candidates)])
+        return self
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -16,8 +16,9 @@ from harness.server import free_port, wait_ready
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOG_")}
+def run(*args: str, timeout: float = 60, **environ: str) -> subprocess.CompletedProcess[str]:
+    """``python -m app ARGS`` without the DIALOG_* variables of this environment, with ``environ``'s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOG_")} | environ
     return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -201,3 +202,32 @@ def test_serve_with_an_anti_lm_the_bundle_lacks_says_so_in_one_line(tiny_bundle)
 def test_respond_with_an_anti_lm_the_bundle_lacks_says_so_in_one_line(tiny_bundle):
     r = run("respond", "--bundle", str(tiny_bundle), "--anti-lm", "reply_lm", "hi there")
     assert r.returncode == 2 and "no reply language model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["respond", "hi there"]], ids=["serve", "respond"])
+@pytest.mark.parametrize("flags, environ, says", [
+    (["--max-candidates", "4"], {}, "max_candidates (flag --max-candidates or DIALOG_MAX_CANDIDATES)"),
+    ([], {"DIALOG_MAX_CANDIDATES": "15"}, "must be at least max_n (16; flag --max-n or DIALOG_MAX_N), so that any n"),
+    (["--max-n", "8", "--max-candidates", "7"], {}, "at least max_n (8;"),
+    ([], {"DIALOG_QUEUE_SIZE": "0"}, "DIALOG_QUEUE_SIZE): Input should be greater than or equal to 1, got "),
+], ids=["max-candidates-flag", "max-candidates-env", "max-n-lowered", "queue-size-0"])
+def test_settings_no_request_could_use_are_refused_at_start_up(tiny_bundle, command, flags, environ, says):
+    """max_candidates below max_n would answer every request with an n above it (the default n = 5 included)
+    with a 422 on candidates, a field the client never sent; a queue of 0 would fail the warm-up and answer
+    503 forever. Both are a one-line usage error (exit 2) before any model loads, from either command."""
+    port = [] if command else ["--port", str(free_port()), "--no-warmup"]
+    r = run(*command, "--bundle", str(tiny_bundle), *port, *flags, timeout=30, **environ)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid setting: ") and says in lines[0], r.stderr
+
+
+def test_max_candidates_may_equal_max_n(make_client):
+    """The smallest max_candidates allowed still gives every allowed n its n candidates."""
+    from app.settings import Settings
+
+    assert Settings(max_n=4, max_candidates=4).max_candidates == 4
+    with make_client(max_n=4, max_candidates=4) as c:
+        for n in (1, 4):
+            r = c.post("/respond", json={"context": ["hi there"], "n": n, "seed": 1})
+            assert r.status_code == 200 and r.json()["candidates"] >= n, r.text

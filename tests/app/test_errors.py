@@ -190,8 +190,9 @@ def test_queue_full_429_with_retry_after(make_client, monkeypatch):
         assert c.post("/respond", json=OK).status_code == 200
 
 
-def test_queue_size_zero_refuses_all(make_client):
-    with make_client(queue_size=0, warmup=False) as c:
+def test_a_full_queue_refuses_all(make_client):
+    with make_client(warmup=False) as c:
+        c.app.state.runtime.engine.batcher.queue_size = 0  # admits nothing (the setting is at least 1)
         r = c.post("/respond", json=OK)
         assert r.status_code == 429 and "retry-after" in r.headers
 

@@ -326,7 +326,8 @@ def test_api_key_on_both_routes(make_client):
 
 
 def test_queue_full_429_and_draining_503(make_client):
-    with make_client(queue_size=0, warmup=False) as c:
+    with make_client(warmup=False) as c:
+        c.app.state.runtime.engine.batcher.queue_size = 0  # admits nothing (the setting is at least 1)
         r = c.post("/v1/chat/completions", json={"model": "tiny", "messages": USER})
         e = error(r, 429)
         assert (e["type"], e["code"]) == ("rate_limit_error", "rate_limit_exceeded") and "retry-after" in r.headers

@@ -237,7 +237,8 @@ def test_stream_options_need_stream(client):
 def test_api_key_queue_draining_timeout_and_no_reply_as_unstreamed(make_client, monkeypatch):
     with make_client(api_key=KEY) as c:
         assert same_error(c, 401)["code"] == "invalid_api_key"
-    with make_client(queue_size=0, warmup=False) as c:
+    with make_client(warmup=False) as c:
+        c.app.state.runtime.engine.batcher.queue_size = 0  # admits nothing (the setting is at least 1)
         assert same_error(c, 429)["type"] == "rate_limit_error"
     with make_client() as c:
         c.app.state.runtime.start_draining()
