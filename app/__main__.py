@@ -72,7 +72,8 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("max_n", int, "most replies per request"),
     ("max_tokens", int, "most tokens per reply"),
     ("max_body_bytes", int, "largest request body in bytes"),
-    ("dedupe_rounds", int, "extra sampling rounds to replace duplicates"),
+    ("dedupe_rounds", int, "extra sampling rounds making up for empty replies and duplicates when fewer than n "
+                           "usable replies remain"),
     ("max_batch_rows", int, "most rows per decode call (1 turns batching off)"),
     ("max_wait_ms", float, "longest a batch waits for more rows"),
     ("queue_size", int, "most requests in progress; more get 429"),

@@ -87,7 +87,8 @@ class RespondRequestBase(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False,
                                 description="strategy 'sample' only (else 422); 1 or absent keeps every token")
     max_tokens: int | None = Field(None, ge=1, description="tokens per reply; absent: the limit")
-    dedupe: bool = Field(True, description="drop repeated replies and draw more samples in their place")
+    dedupe: bool = Field(True, description="drop repeated replies (more samples are drawn when fewer than n "
+                                           "usable replies remain)")
     return_latents: bool = Field(False, description="also return each reply's latent code (latent) and the prior "
                                  "they were drawn from (prior: mean, std, latent_temperature)")
     rerank: bool | None = Field(None, description="over-generate candidates and choose the n replies by "
@@ -113,6 +114,9 @@ class RespondRequestBase(BaseModel):
                 InitErrorDetails(type=error, loc=("n",), input=self.n)])
         return self
 
+
+REDRAWN = ("; new samples are drawn only when fewer than n usable replies remain (with reranking, complete ones: "
+           "dropped candidates are not replaced as long as n are left), in at most the server's dedupe_rounds rounds")
 
 LATENT_LIMIT = 100.0  # |value| of a given latent code: far outside any prior (values are in standard deviations)
 
@@ -178,8 +182,8 @@ class RespondResponse(BaseModel):
     replies: list[ReplyOut]
     n_requested: int
     n_returned: int
-    duplicates_dropped: int = Field(description="repeated replies dropped (with dedupe) and replaced by new draws")
-    empty_dropped: int = Field(description="empty replies dropped (never returned) and replaced by new draws")
+    duplicates_dropped: int = Field(description="repeated replies dropped (with dedupe)" + REDRAWN)
+    empty_dropped: int = Field(description="empty replies dropped (never returned)" + REDRAWN)
     seed: int
     candidates: int = Field(description="candidate replies decoded for this request")
     reranked: bool

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     max_n: int = Field(16, ge=1, description="most replies a request may ask for")
     max_tokens: int = Field(64, ge=1, description="most tokens per reply (also capped by the model's max_decode_len)")
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="largest request body, in bytes")
-    dedupe_rounds: int = Field(3, ge=0, description="extra rounds of latent samples drawn to replace duplicates")
+    dedupe_rounds: int = Field(3, ge=0, description="extra rounds of latent samples drawn when empty and (with "
+                               "dedupe) duplicate replies leave fewer than n usable ones")
 
     # Micro-batching and back-pressure.
     max_batch_rows: int = Field(64, ge=1, description="most (context, latent) rows in one decode call")

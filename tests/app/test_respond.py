@@ -248,6 +248,43 @@ def test_empty_replies_are_counted_apart_from_duplicates(client, monkeypatch):
     assert all(r["text"] for r in body["replies"])
 
 
+def test_dropped_candidates_are_redrawn_only_below_n_usable_replies(client, monkeypatch):
+    """With reranking, empty and repeated candidates are not replaced one for one: new samples are drawn only
+    when fewer than n usable (complete) replies remain (model.pipeline.ReplyJob.end_round), and the schema, the
+    README, the settings and the flag's help say that, empty replies included."""
+    from pathlib import Path
+
+    import model.decoding
+    from app.__main__ import SERVE_FLAGS
+    from app.settings import Settings
+
+    decode = model.decoding.decode
+
+    def half_empty_rest_complete(*args, **kwargs):  # every other row empty, the others ended by the model
+        out = decode(*args, **kwargs)
+        out.tokens = [[] if i % 2 else t for i, t in enumerate(out.tokens)]
+        out.finish_reason = ["eos"] * len(out.tokens)
+        return out
+
+    monkeypatch.setattr(model.decoding, "decode", half_empty_rest_complete)
+    body = post(client, n=2, seed=3, candidates=10)
+    assert body["empty_dropped"] == 5 and body["n_returned"] == 2
+    assert body["candidates"] == 10  # 5 dropped, none replaced: at least n usable ones remained
+
+    fields = client.get("/openapi.json").json()["components"]["schemas"]["RespondResponse"]["properties"]
+    for name in ("duplicates_dropped", "empty_dropped"):
+        assert "fewer than n usable replies" in fields[name]["description"], name
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    step = readme[readme.index("3. **Distinct replies**"):readme.index("4. **Rerank**")]
+    assert "fewer than n usable replies" in step and "replace them" not in step
+    quality = (Path(__file__).resolve().parents[2] / "docs" / "quality.md").read_text()
+    rerank = quality[quality.index("5. **Over-generation and reranking**"):quality.index("## Choosing K")]
+    assert "empty candidates last" not in rerank and "empty candidates are dropped" in rerank
+    help_ = {name: text for name, _, text in SERVE_FLAGS}["dedupe_rounds"]
+    for text in (help_, Settings.model_fields["dedupe_rounds"].description or ""):
+        assert "empty" in text and "duplicate" in text and "fewer than n" in text, text
+
+
 def test_reranked_replies_carry_the_value_they_were_picked_with(client):
     body = post(client, n=5, seed=12)
     mmr = [r["ranking"]["mmr"] for r in body["replies"] if r["finish_reason"] == "eos"]
