@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from model.decoding import SEED_MOD
 
-from .schemas import refuse_lone_surrogates
+from .schemas import RANKING, refuse_lone_surrogates
 from .settings import Settings
 
 DIALOG_ROLES = ("user", "assistant")  # the two parties; system and developer messages are not given to the model
@@ -190,9 +190,7 @@ class Choice(BaseModel):
     seed: int = Field(description="extension: this choice's own seed; the same request with this seed, n=1 and "
                                   "rerank=false replays the choice")
     score: float = Field(description="extension: mean log-probability per token, nats (higher is better)")
-    ranking: dict[str, float] | None = Field(
-        None, description="extension, when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log "
-                          "p(reply) with no context), rank = likelihood - mmi_weight * anti_lm; nats per token")
+    ranking: dict[str, float] | None = Field(None, description="extension, " + RANKING)  # /respond's ReplyOut
 
 
 class Usage(BaseModel):

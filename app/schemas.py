@@ -94,8 +94,9 @@ class RespondRequestBase(BaseModel):
     rerank: bool | None = Field(None, description="over-generate candidates and choose the n replies by "
                                 "relevance (against generic answers) and diversity; absent: the server's "
                                 "setting (on by default). Off: the n samples ranked by score")
-    candidates: int | None = Field(None, ge=1, description="candidates to decode when reranking (at least n; "
-                                   "422 when not reranking); absent: the server's candidates_per_reply x n")
+    candidates: int | None = Field(None, ge=1, description="candidates to decode when reranking (at least n, at "
+                                   "most the server's max_candidates; 422 when not reranking); absent: the "
+                                   "server's candidates_per_reply x n")
 
     @field_validator("context")
     @classmethod
@@ -115,6 +116,11 @@ class RespondRequestBase(BaseModel):
         return self
 
 
+RANKING = ("when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log p(reply), estimated over "
+           "four probe contexts, or by the bundle's reply bigram model), rank = likelihood - mmi_weight * anti_lm, "
+           "nats per token; mmr, the value the reply was picked with: rank - diversity * its largest similarity to a "
+           "reply before it. Replies come in the order they were picked, so mmr (not rank) falls down the list, "
+           "replies that were cut off or implausible last")
 REDRAWN = ("; new samples are drawn only when fewer than n usable replies remain (with reranking, complete ones: "
            "dropped candidates are not replaced as long as n are left), in at most the server's dedupe_rounds rounds")
 
@@ -135,6 +141,8 @@ def request_model(settings: Settings, model_max_tokens: int | None = None) -> ty
                                    description="the dialog so far, oldest turn first; the last turn is the "
                                                "other party's")),
         n=(int, Field(5, ge=1, le=settings.max_n, description="number of replies")),
+        candidates=(int | None, Field(None, ge=1, le=settings.max_candidates,
+                                      description=RespondRequestBase.model_fields["candidates"].description)),
         max_tokens=(int | None, Field(None, ge=1, le=max_tokens,
                                       description="tokens per reply; absent: the limit (the smaller of the "
                                                   "server's max_tokens and the model's max_decode_len)")),
@@ -155,13 +163,7 @@ class ReplyOut(BaseModel):
     seed: int | None = Field(description="this reply's own seed: a request with it, n=1 and rerank=false "
                                          "replays the reply (null for a reply decoded from a given latent code)")
     latent: list[float] | None = None
-    ranking: dict[str, float] | None = Field(
-        None, description="when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log p(reply), "
-                          "estimated over four probe contexts, or by the bundle's reply bigram model), rank = "
-                          "likelihood - mmi_weight * anti_lm, nats per token; mmr, the value the reply was "
-                          "picked with: rank - diversity * its largest similarity to a reply before it. Replies "
-                          "come in the order they were picked, so mmr (not rank) falls down the list, replies "
-                          "that were cut off or implausible last")
+    ranking: dict[str, float] | None = Field(None, description=RANKING)
 
 
 class ModelRef(BaseModel):

@@ -46,6 +46,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "request body too large"},
     415: {"model": ErrorBody, "description": "the body is not declared as JSON"},
     429: {"model": ErrorBody, "description": "too many requests in progress; see Retry-After"},
+    500: {"model": ErrorBody, "description": "code no_reply: every candidate came out empty, so there is no choice "
+                                             "to give (retry with another seed); else an internal error"},
     503: {"model": ErrorBody, "description": "not ready (loading, warming up or draining)"},
     504: {"model": ErrorBody, "description": "the request exceeded its time limit"},
 }

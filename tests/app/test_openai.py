@@ -325,6 +325,24 @@ def test_api_key_on_both_routes(make_client):
         assert r.status_code == 200
 
 
+def test_the_docs_list_the_statuses_v1_answers(client):
+    """/v1 answers invalid input with a 400, never FastAPI's 422, and an all-empty result with a 500 no_reply:
+    its documented responses say so, and its ranking extension is /respond's."""
+    spec = client.get("/openapi.json").json()
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["responses"]
+    card = spec["paths"]["/v1/models/{model_id}"]["get"]["responses"]
+    assert "422" not in chat and "422" not in card
+    assert "400" in chat and "404" in card and "no_reply" in chat["500"]["description"]
+    assert client.post("/v1/chat/completions", json={"model": "tiny", "messages": []}).status_code == 400
+    assert client.get("/v1/models/tiny", params={"junk": "x"}).status_code == 200
+    assert "422" in spec["paths"]["/respond"]["post"]["responses"]  # /respond does answer 422
+    schemas = spec["components"]["schemas"]
+    choice = schemas["Choice"]["properties"]["ranking"]["description"]
+    reply = schemas["ReplyOut"]["properties"]["ranking"]["description"]
+    assert choice == "extension, " + reply
+    assert "mmr" in choice and "four probe contexts" in choice and "no context" not in choice
+
+
 def test_queue_full_429_and_draining_503(make_client):
     with make_client(warmup=False) as c:
         c.app.state.runtime.engine.batcher.queue_size = 0  # admits nothing (the setting is at least 1)

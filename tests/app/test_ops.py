@@ -33,6 +33,17 @@ def test_openapi_shows_limits(client):
     assert "/respond" in spec["paths"] and "/readyz" in spec["paths"]
 
 
+def test_openapi_bounds_candidates_by_the_setting(make_client):
+    """candidates is at most max_candidates, in the schema as at run time."""
+    with make_client(max_candidates=40) as c:
+        field = c.get("/openapi.json").json()["components"]["schemas"]["RespondRequest"]["properties"]["candidates"]
+        bounds = next(s for s in field["anyOf"] if s.get("type") == "integer")
+        assert (bounds["minimum"], bounds["maximum"]) == (1, 40)
+        assert c.post("/respond", json={"context": ["hi"], "n": 2, "candidates": 40}).json()["candidates"] >= 40
+        r = c.post("/respond", json={"context": ["hi"], "n": 2, "candidates": 41})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "candidates"]
+
+
 def test_docs_work_offline(client):
     page = client.get("/docs")
     assert page.status_code == 200
