@@ -147,10 +147,11 @@ def serve_parser() -> argparse.ArgumentParser:
         description=f"Run the dialog response server (the default command, also '{prog} serve'). Other command: "
                     f"'{prog} respond --bundle DIR \"hi there\" -n 5' prints replies without a server "
                     f"(see '{prog} respond --help').",
-        epilog="Every flag mirrors an environment variable DIALOG_<NAME>; flags win.")
+        epilog="Every flag mirrors an environment variable DIALOG_<NAME> (--no-warmup: DIALOG_WARMUP=false); "
+               "flags win.")
     _add_flags(p)
     p.add_argument("--no-warmup", dest="warmup", action="store_false", default=None,
-                   help="skip the warm-up request (ready at once)")
+                   help="skip the warm-up request (ready at once) [env DIALOG_WARMUP=false]")
     return p
 
 

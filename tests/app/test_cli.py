@@ -231,3 +231,22 @@ def test_max_candidates_may_equal_max_n(make_client):
         for n in (1, 4):
             r = c.post("/respond", json={"context": ["hi there"], "n": n, "seed": 1})
             assert r.status_code == 200 and r.json()["candidates"] >= n, r.text
+
+
+def test_the_help_names_the_variable_every_flag_mirrors(monkeypatch):
+    """The help's "every flag mirrors DIALOG_<NAME>" is true of each flag: --no-warmup is DIALOG_WARMUP=false
+    (there is no DIALOG_NO_WARMUP), and that variable does turn the warm-up off."""
+    from app.__main__ import serve_parser
+    from app.settings import Settings
+
+    parser = serve_parser()
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.dest in Settings.model_fields, action.option_strings
+            env = "DIALOG_WARMUP=false" if action.dest == "warmup" else f"[env DIALOG_{action.dest.upper()}]"
+            assert env in (action.help or ""), action.option_strings
+    assert "--no-warmup" in (parser.epilog or "")
+    r = run("--help")
+    assert r.returncode == 0 and "DIALOG_WARMUP=false" in r.stdout and "DIALOG_NO_WARMUP" not in r.stdout
+    monkeypatch.setenv("DIALOG_WARMUP", "false")
+    assert Settings().warmup is False
