@@ -25,6 +25,7 @@ class Metrics:
                                     buckets=ROWS_BUCKETS, registry=r)
         self.replies = Counter("dialog_replies", "replies returned", registry=r)
         self.duplicates = Counter("dialog_duplicates_dropped", "replies dropped as duplicates", registry=r)
+        self.empty = Counter("dialog_empty_dropped", "replies dropped as empty (never returned)", registry=r)
         self.ready = Gauge("dialog_ready", "1 when the service is ready for traffic", registry=r)
 
     def observer(self) -> Observer:

@@ -94,6 +94,7 @@ class Runtime:
             raise HTTPException(500, f"internal error (request id {request_id})") from None
         self.metrics.replies.inc(result.n_returned)
         self.metrics.duplicates.inc(result.duplicates_dropped)
+        self.metrics.empty.inc(result.empty_dropped)
         return result
 
 

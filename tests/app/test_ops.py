@@ -100,6 +100,35 @@ def test_metrics(client):
     assert metric(text, "dialog_ready") == 1
 
 
+def test_metrics_count_empty_replies_dropped_apart_from_duplicates(client, monkeypatch):
+    import model.decoding
+
+    decode = model.decoding.decode
+
+    def half_empty(*args, **kwargs):  # every other row comes out empty
+        out = decode(*args, **kwargs)
+        out.tokens = [[] if i % 2 else t for i, t in enumerate(out.tokens)]
+        return out
+
+    monkeypatch.setattr(model.decoding, "decode", half_empty)
+    bodies = [client.post("/respond", json={"context": ["hi"], "n": 3, "seed": seed}).json() for seed in (1, 2)]
+    text = client.get("/metrics").text  # the warm-up is not a request: only these two count
+    empty = sum(b["empty_dropped"] for b in bodies)
+    assert metric(text, "dialog_empty_dropped_total") == empty > 0
+    assert metric(text, "dialog_duplicates_dropped_total") == sum(b["duplicates_dropped"] for b in bodies)
+
+
+def test_readme_lists_every_metric(client):
+    """README's Operations paragraph names every metric /metrics exports (counters by their _total name)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    ops = next(p for p in readme.split("\n\n") if p.startswith("Operations:"))
+    for family in client.app.state.runtime.metrics.registry.collect():
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{name}`" in ops, name
+
+
 def test_unknown_paths_share_one_label(client):
     for i in range(5):
         client.get(f"/random-{i}")
