@@ -43,6 +43,7 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1200,900"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for browser.get_log
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     yield driver
     driver.quit()
@@ -147,6 +148,8 @@ def test_conversation_built_by_clicks(server, browser):
     seeds = [r["seed"] for a in answers(browser) for r in a["replies"]]
     assert all(s > 2**53 for s in seeds) and any(int(float(s)) != s for s in seeds)
     assert all(a["seed"] == BIG_SEED for a in answers(browser))
+    # nothing the page or the browser asked for failed (the browser's own request for an icon included)
+    assert [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
 def test_undo_start_over_keyboard_and_linked_highlight(server, browser):

@@ -59,6 +59,18 @@ def test_demo_page(client):
     assert client.get("/static/app.js").status_code == 200
 
 
+def test_demo_page_has_an_inline_icon(client):
+    """The page names its icon in place (an SVG data URL), so a browser never asks for /favicon.ico (a 404)."""
+    import xml.etree.ElementTree as ET
+    from urllib.parse import unquote
+
+    page = client.get("/").text
+    links = re.findall(r'<link rel="icon" type="image/svg\+xml" href="data:image/svg\+xml,([^"]+)">', page)
+    assert len(links) == 1
+    svg = ET.fromstring(unquote(links[0]))
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg" and len(svg)
+
+
 def test_request_id_header(client):
     r = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
