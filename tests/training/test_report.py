@@ -244,3 +244,13 @@ def test_against_plots_a_one_at_a_time_ablation(tmp_path):
         assert f"](against-{key}.png)" in (tmp_path / "out" / "report.md").read_text()
     with pytest.raises(ValueError, match="no schedule kind has runs with different schedule.shape"):
         compare(runs, tmp_path / "out2", against=["shape"])
+
+
+def test_compare_refuses_a_run_twice_and_a_sweep_of_nothing_before_writing(runs, tmp_path):
+    from training.report import ReportError
+
+    with pytest.raises(ReportError, match="is given twice"):
+        compare([runs[0], runs[0].parent / "." / runs[0].name], tmp_path / "out")
+    with pytest.raises(ReportError, match="no schedule kind has runs with different schedule.cycles"):
+        compare(list(runs), tmp_path / "out", against=["cycles"])
+    assert not (tmp_path / "out").exists()

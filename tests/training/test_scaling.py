@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from training.report import ReportError
 from training.report.scaling import law, scaling
 
 
@@ -44,3 +45,40 @@ def test_cli_refuses_a_folder_without_metrics(tmp_path):
     r = subprocess.run([sys.executable, "-m", "training", "scaling", str(tmp_path), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no metrics.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_library_refuses_runs_it_cannot_report(tmp_path):
+    """Before writing anything: a run without a validation point, the same run twice, an --out that is a file."""
+    write_run(tmp_path / "run", a=80.0, b=6.0, c=0.5, cpu_per_step=1.0)
+    (tmp_path / "train-only").mkdir()
+    (tmp_path / "train-only" / "metrics.jsonl").write_text(json.dumps({"step": 1, "cpu_s": 1.0, "beta": 0.1}) + "\n")
+    with pytest.raises(ReportError, match="no validation row with cpu_s, beta and elbo"):
+        scaling([tmp_path / "run", tmp_path / "train-only"], tmp_path / "out", budget_cpu_h=24.0)
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    with pytest.raises(ReportError, match="is given twice"):
+        scaling([tmp_path / "run", tmp_path / "link"], tmp_path / "out", budget_cpu_h=24.0)
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(ReportError, match="is a file"):
+        scaling([tmp_path / "run"], tmp_path / "file", budget_cpu_h=24.0)
+    assert not (tmp_path / "out").exists() and (tmp_path / "file").read_text() == "keep"
+
+
+def test_validation_rows_without_an_elbo_are_skipped(tmp_path):
+    write_run(tmp_path / "run", a=80.0, b=6.0, c=0.5, cpu_per_step=1.0)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 1700, "split": "valid", "cpu_s": 1700.0, "beta": 1.0, "kl": 1.0}) + "\n")
+    rep = scaling([tmp_path / "run"], tmp_path / "out", budget_cpu_h=24.0)
+    assert len(rep["runs"][0]["points"]) == 16 and rep["runs"][0]["fit"]["points"] == 12
+
+
+def test_unknown_size_and_no_fit_are_said_so(tmp_path):
+    """Without a checkpoint the size is unknown ("-", not 0.00 M); with too few points at beta = 1 nothing is
+    fitted, and the report says no size can be picked instead of naming **None**."""
+    write_run(tmp_path / "short", a=80.0, b=6.0, c=0.5, cpu_per_step=1.0)
+    rows = [json.loads(line) for line in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()]
+    (tmp_path / "short" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    rep = scaling([tmp_path / "short"], tmp_path / "out", budget_cpu_h=24.0)
+    assert rep["winner"] is None and rep["runs"][0]["parameters"] is None
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "0.00 M" not in md and "| short | - | 400 |" in md
+    assert "None" not in md and "No run could be fitted" in md and "no size can be said to be lowest" in md

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from .plots import plot_sweep, write_plots
 from .render import fmt, markdown, mi_cell, report_json
-from .runs import load_run, load_runs, model_variant, read_metrics
+from .runs import ReportError, distinct_runs, load_run, load_runs, model_variant, read_metrics
 from .stats import group_runs, paired_groups, paired_test, sweep
 
 __all__ = [
-    "compare", "fmt", "group_runs", "load_run", "load_runs", "mi_cell", "model_variant", "paired_groups",
+    "ReportError", "compare", "distinct_runs", "fmt", "group_runs", "load_run", "load_runs", "mi_cell", "model_variant", "paired_groups",
     "paired_test", "read_metrics", "sweep", "write_plots",
 ]  # fmt: skip
 
@@ -39,14 +39,14 @@ def compare(run_dirs: list[Path], out_dir: Path, title: str | None = None, notes
     "final_valid", "last_train", "test"}}}, with test None for a run without eval/test.json and NaN as None.
     """
     if not run_dirs:
-        raise ValueError("compare needs at least one run directory")
+        raise ReportError("compare needs at least one run directory")
+    runs = load_runs(distinct_runs(run_dirs))
+    title = title or "Run comparison: " + " vs ".join(runs)
+    sweeps = {key: sweep(runs, key) for key in against or []}  # ReportError before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(run_dirs)
-    title = title or "Run comparison: " + " vs ".join(runs)
 
     plots = write_plots(runs, out_dir)
-    sweeps = {key: sweep(runs, key) for key in against or []}
     for key, points in sweeps.items():
         plots[f"against-{key}"] = plot_sweep(points, key, out_dir / f"against-{key}.png")
     groups = group_runs(runs)

@@ -16,6 +16,22 @@ from typing import Any, TypeGuard
 log = logging.getLogger("training.report")
 
 
+class ReportError(ValueError):
+    """Run folders a report cannot be made of (the same run twice, no usable rows, an --out that is a file)."""
+
+
+def distinct_runs(run_dirs: list[Path]) -> list[Path]:
+    """The run folders as Paths; ReportError when one is given twice (under any spelling of its path)."""
+    seen: dict[Path, Path] = {}
+    for d in map(Path, run_dirs):
+        key = d.resolve()
+        if key in seen:
+            also = f" (also as {seen[key]})" if seen[key] != d else ""
+            raise ReportError(f"the run {d} is given twice{also}: each run once")
+        seen[key] = d
+    return list(seen.values())
+
+
 def is_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

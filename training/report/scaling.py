@@ -21,33 +21,55 @@ from typing import Any
 
 import numpy as np
 
-from .runs import read_metrics
+from .runs import ReportError, _read_json, distinct_runs, is_number, read_metrics
 
 log = logging.getLogger("training.report")
+MIN_FIT_POINTS = 4  # three parameters, and one point to tell a fit from an interpolation
 
 
 def parameters(run_dir: Path) -> int | None:
-    """The model's parameter count, from the shapes in the run's checkpoint (no tensor is read)."""
-    from safetensors import safe_open
+    """The model's parameter count, from the shapes in the run's checkpoint (no tensor is read); None when
+    there is no readable checkpoint."""
+    from safetensors import SafetensorError, safe_open
 
     path = run_dir / "checkpoint.safetensors"
     if not path.exists():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("model."))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("model."))
+    except (SafetensorError, OSError) as e:
+        log.warning("%s: cannot read the parameter count: %s", path, e)
+        return None
+
+
+def _numbers(row: dict[str, Any], *keys: str) -> bool:
+    return all(is_number(row.get(k)) and math.isfinite(row[k]) for k in keys)
 
 
 def curve(run_dir: Path) -> dict[str, Any]:
-    train, valid = read_metrics(run_dir / "metrics.jsonl")
-    rows = [r for r in valid if "cpu_s" in r]
-    train = [r for r in train if "cpu_s" in r]
-    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    return {"name": run_dir.name, "dir": str(run_dir), "model": cfg.get("model", {}),
-            "steps": cfg.get("train", {}).get("steps"), "parameters": parameters(run_dir),
+    """A run's validation points (rows with the CPU time, beta and a finite ELBO; others are skipped with a
+    warning) and its size and length. ReportError when no row is a point."""
+    path = run_dir / "metrics.jsonl"
+    train, valid = read_metrics(path)
+    rows = [r for r in valid if _numbers(r, "cpu_s", "beta", "elbo")]
+    if not rows:
+        raise ReportError(f"{path}: no validation row with cpu_s, beta and elbo "
+                          f"({len(train)} training and {len(valid)} validation rows): nothing to plot or fit")
+    if len(rows) < len(valid):
+        log.warning("%s: %d of %d validation rows lack a number for cpu_s, beta or elbo; skipped", path,
+                    len(valid) - len(rows), len(valid))
+    train = [r for r in train if _numbers(r, "cpu_s", "wall_s")]
+    cfg = _read_json(run_dir / "config.json") or {}
+    model, train_cfg = cfg.get("model"), cfg.get("train")
+    return {"name": run_dir.name, "dir": str(run_dir), "model": model if isinstance(model, dict) else {},
+            "steps": train_cfg.get("steps") if isinstance(train_cfg, dict) else None,
+            "parameters": parameters(run_dir),
             "points": [{"step": r["step"], "cpu_h": r["cpu_s"] / 3600, "beta": r["beta"], "elbo": r["elbo"],
-                        "kl": r["kl"], "rc_ppl": r["rc_ppl"]} for r in rows],
-            "last_step": train[-1]["step"] if train else 0, "cpu_h": train[-1]["cpu_s"] / 3600 if train else 0.0,
-            "wall_h": train[-1]["wall_s"] / 3600 if train else 0.0}
+                        "kl": r.get("kl"), "rc_ppl": r.get("rc_ppl")} for r in rows],
+            "last_step": train[-1]["step"] if train else rows[-1]["step"],
+            "cpu_h": (train[-1] if train else rows[-1])["cpu_s"] / 3600,
+            "wall_h": train[-1]["wall_s"] / 3600 if train else None}
 
 
 def law(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
@@ -55,11 +77,11 @@ def law(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
 
 
 def fit(points: list[dict[str, Any]]) -> dict[str, float] | None:
-    """(a, b, c) of :func:`law` over the beta = 1 points, None with fewer than 4 of them."""
+    """(a, b, c) of :func:`law` over the beta = 1 points, None with fewer than MIN_FIT_POINTS of them."""
     from scipy.optimize import curve_fit
 
     pts = [p for p in points if p["beta"] >= 0.999 and p["cpu_h"] > 0]
-    if len(pts) < 4:
+    if len(pts) < MIN_FIT_POINTS:
         return None
     t = np.array([p["cpu_h"] for p in pts])
     y = np.array([p["elbo"] for p in pts])
@@ -76,10 +98,15 @@ def fit(points: list[dict[str, Any]]) -> dict[str, float] | None:
 def scaling(run_dirs: list[Path], out_dir: Path, budget_cpu_h: float) -> dict[str, Any]:
     """Writes out_dir/report.md, report.json and elbo-vs-cpu.png; returns the report.json content."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [curve(Path(d)) for d in run_dirs if (Path(d) / "metrics.jsonl").exists()]
-    if not runs:
-        raise ValueError("scaling: none of the run folders has a metrics.jsonl")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"{out_dir} is a file; --out takes a folder")
+    missing = [str(d) for d in run_dirs if not (Path(d) / "metrics.jsonl").is_file()]
+    if missing or not run_dirs:
+        raise ReportError(f"no metrics.jsonl in {', '.join(missing) or '(no run folder given)'}")
+    runs = [curve(d) for d in distinct_runs(run_dirs)]
+    names = [r["name"] for r in runs]
+    for r in runs:  # runs in folders of the same name (a/tiny, b/tiny) go by their paths
+        r["name"] = r["name"] if names.count(r["name"]) == 1 else r["dir"]
     for r in runs:
         r["fit"] = fit(r["points"])
         r["at_budget"] = (float(law(np.array([budget_cpu_h]), r["fit"]["a"], r["fit"]["b"], r["fit"]["c"])[0])
@@ -87,11 +114,13 @@ def scaling(run_dirs: list[Path], out_dir: Path, budget_cpu_h: float) -> dict[st
         r["best_elbo"] = min((p["elbo"] for p in r["points"]), default=None)
     fitted = [r for r in runs if r["at_budget"] is not None]
     winner = min(fitted, key=lambda r: r["at_budget"])["name"] if fitted else None
+    out_dir.mkdir(parents=True, exist_ok=True)
     _plot(runs, budget_cpu_h, out_dir / "elbo-vs-cpu.png")
     report = {"budget_cpu_h": budget_cpu_h, "winner": winner, "runs": runs, "law": "elbo = a + b * cpu_h^-c"}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(_markdown(report))
-    log.info("wrote %s (lowest fitted ELBO at %g CPU hours: %s)", out_dir / "report.md", budget_cpu_h, winner)
+    log.info("wrote %s (lowest fitted ELBO at %g CPU hours: %s)", out_dir / "report.md", budget_cpu_h,
+             winner or "none fitted")
     return report
 
 
@@ -105,7 +134,8 @@ def _plot(runs: list[dict[str, Any]], budget: float, path: Path) -> None:
     for r in runs:
         t = [p["cpu_h"] for p in r["points"]]
         y = [p["elbo"] for p in r["points"]]
-        line, = ax.plot(t, y, "o-", ms=3, label=f"{r['name']} ({(r['parameters'] or 0) / 1e6:.1f} M)")
+        size = "" if r["parameters"] is None else f" ({r['parameters'] / 1e6:.1f} M)"
+        line, = ax.plot(t, y, "o-", ms=3, label=f"{r['name']}{size}")
         bx.plot(t, y, "o", ms=3, color=line.get_color())
         if r["fit"]:
             grid = np.geomspace(min(t), budget, 200)
@@ -126,6 +156,11 @@ def _plot(runs: list[dict[str, Any]], budget: float, path: Path) -> None:
     plt.close(fig)
 
 
+def _num(v: float | None, scale: float = 1.0, spec: str = ".2f", unit: str = "") -> str:
+    """A table cell: ``v * scale`` formatted, or "-" when unknown."""
+    return "-" if v is None else format(v * scale, spec) + unit
+
+
 def _markdown(report: dict[str, Any]) -> str:
     b = report["budget_cpu_h"]
     lines = ["# Scaling probe: validation ELBO against training CPU time", "",
@@ -137,14 +172,17 @@ def _markdown(report: dict[str, Any]) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["runs"]:
         f = r["fit"] or {}
-        last = r["points"][-1]["elbo"] if r["points"] else float("nan")
+        last = r["points"][-1]["elbo"] if r["points"] else None
 
         def cell(k: str, f: dict = f) -> str:
             return f"{f[k]:.3g}" if k in f else "-"
 
-        lines.append(f"| {r['name']} | {(r['parameters'] or 0) / 1e6:.2f} M | {r['last_step']} | {r['cpu_h']:.2f} | "
-                     f"{r['wall_h']:.2f} | {r['best_elbo']:.2f} | {last:.2f} | {cell('a')} | {cell('b')} | "
-                     f"{cell('c')} | {cell('rmse')} | "
-                     f"{'-' if r['at_budget'] is None else format(r['at_budget'], '.2f')} |")
-    lines += ["", f"Lowest fitted ELBO at {b:g} CPU hours: **{report['winner']}**.", ""]
+        lines.append(f"| {r['name']} | {_num(r['parameters'], 1e-6, '.2f', ' M')} | {r['last_step']} | "
+                     f"{_num(r['cpu_h'])} | {_num(r['wall_h'])} | {_num(r['best_elbo'])} | {_num(last)} | {cell('a')} | "
+                     f"{cell('b')} | {cell('c')} | {cell('rmse')} | {_num(r['at_budget'])} |")
+    if report["winner"] is None:
+        lines += ["", f"No run could be fitted (a fit needs {MIN_FIT_POINTS} validation points at beta = 1 or more): "
+                      f"no size can be said to be lowest at {b:g} CPU hours.", ""]
+    else:
+        lines += ["", f"Lowest fitted ELBO at {b:g} CPU hours: **{report['winner']}**.", ""]
     return "\n".join(lines)

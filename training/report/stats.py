@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .runs import is_number, schedule_text
+from .runs import ReportError, is_number, schedule_text
 
 PARTS = (
     ("final_valid", "final validation (last step)"),
@@ -117,7 +117,7 @@ def sweep(runs: dict[str, dict], key: str) -> dict[str, Any]:
     kinds = [k for k in dict.fromkeys(r["schedule"] for r in runs.values())
              if len({repr(settings(r).get(key)) for r in runs.values() if r["schedule"] == k}) > 1]
     if not kinds:
-        raise ValueError(f"--against {key}: no schedule kind has runs with different schedule.{key}")
+        raise ReportError(f"--against {key}: no schedule kind has runs with different schedule.{key}")
     kind = kinds[0]
     members = {n: r for n, r in runs.items() if r["schedule"] == kind}
     others = {n: tuple(sorted((k, repr(v)) for k, v in settings(r).items() if k != key)) for n, r in members.items()}
