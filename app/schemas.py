@@ -117,8 +117,10 @@ class RespondRequestBase(BaseModel):
 
 
 RANKING = ("when reranked: likelihood (mean log p(reply | context, z)), anti_lm (mean log p(reply), estimated over "
-           "four probe contexts, or by the bundle's reply bigram model), rank = likelihood - mmi_weight * anti_lm, "
-           "nats per token; mmr, the value the reply was picked with: rank - diversity * its largest similarity to a "
+           "four probe contexts, or by the bundle's reply bigram model), rank = likelihood - mmi_weight * anti_lm "
+           "(+ coherence_weight * coherence when the server sets a coherence weight: coherence, the log-probability "
+           "the model's response-selection head gives the reply among the request's candidates), nats per token; "
+           "mmr, the value the reply was picked with: rank - diversity * its largest similarity to a "
            "reply before it. Replies come in the order they were picked, so mmr (not rank) falls down the list, "
            "replies that were cut off or implausible last")
 REDRAWN = ("; new samples are drawn only when fewer than n usable replies remain (with reranking, complete ones: "

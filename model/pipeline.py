@@ -341,7 +341,8 @@ class ReplyPipeline:
                        latent_temperature=tau, prompt_tokens=sum(len(t) for t in context))
         job.pending = list(range(rows))
         job.next_index = rows
-        # redraw rounds replace duplicates (with dedupe) and empty replies (always: one is never returned)
+        # redraw rounds: when fewer than n usable replies are left after dropping empty ones (always: one is never
+        # returned) and repeated ones (with dedupe), new rows are drawn for the missing, at most this many times
         job.rounds_left = s.dedupe_rounds if req.latents is None else 0
         return job
 
