@@ -59,6 +59,8 @@ def _read_samples(path: Path) -> list[dict[str, Any]]:
 def export(systems: Sequence[str], out: Path, key: Path, contexts: int = 100, replies: int = 5,
            seed: int = 1) -> dict[str, Any]:
     """Write the sheet and its key; ``systems`` are NAME=SAMPLES.jsonl. Returns the key."""
+    if contexts < 1 or replies < 1:
+        raise HumanEvalError(f"contexts ({contexts}) and replies ({replies}) must be at least 1")
     named: list[tuple[str, dict[str, dict[str, Any]]]] = []
     for spec in systems:
         name, sep, path = spec.partition("=")
@@ -104,6 +106,39 @@ def export(systems: Sequence[str], out: Path, key: Path, contexts: int = 100, re
     out.write_text(json.dumps(sheet, indent=1, ensure_ascii=False) + "\n")
     key.write_text(json.dumps(key_doc, indent=1) + "\n")
     return key_doc
+
+
+def _read_sheet(path: Path) -> list[dict[str, Any]]:
+    sheet = _load_json(path)
+    if not (isinstance(sheet, list) and sheet and all(
+            isinstance(it, dict) and isinstance(it.get("item"), int) and isinstance(it.get("context"), list)
+            and isinstance(it.get("candidates"), list) and all(isinstance(c, str) for c in it["candidates"])
+            for it in sheet)):
+        raise HumanEvalError(f"{path}: not a judging sheet (a list of items with 'item', 'context' and "
+                             "'candidates', as humaneval export writes it to --out); is it the key?")
+    if len({it["item"] for it in sheet}) != len(sheet):
+        raise HumanEvalError(f"{path}: an item number appears twice")
+    return sheet
+
+
+def _read_key(path: Path, sheet: list[dict[str, Any]], sheet_path: Path) -> dict[str, Any]:
+    key = _load_json(path)
+    systems = key.get("systems") if isinstance(key, dict) else None
+    items = key.get("items") if isinstance(key, dict) else None
+    if not (isinstance(systems, list) and systems and all(isinstance(n, str) for n in systems)
+            and isinstance(items, list) and all(isinstance(it, dict) and isinstance(it.get("sources"), list)
+                                                for it in items)):
+        raise HumanEvalError(f"{path}: not a key (an object with 'systems' and 'items', as humaneval export "
+                             "writes it to --key); is it the sheet?")
+    if len(items) != len(sheet):
+        raise HumanEvalError(f"{path} does not belong to {sheet_path} (item counts differ)")
+    for i, (it, k) in enumerate(zip(sheet, items)):
+        srcs = k["sources"]
+        if len(srcs) != len(it["candidates"]) or not all(
+                isinstance(src, list) and src and all(isinstance(s, list) and len(s) == 2 and s[0] in systems
+                                                      for s in src) for src in srcs):
+            raise HumanEvalError(f"{path}: item {i} does not match the sheet {sheet_path}")
+    return key
 
 
 def _read_ratings(path: Path, sheet: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
@@ -155,20 +190,19 @@ def _interval(per_context: list[tuple[float, int]], rng: np.random.Generator) ->
 
 
 def score(sheet_path: Path, key_path: Path, ratings: Sequence[Path]) -> dict[str, Any]:
-    sheet = _load_json(sheet_path)
-    key = _load_json(key_path)
-    if len(sheet) != len(key.get("items", [])):
-        raise HumanEvalError(f"{key_path} does not belong to {sheet_path} (item counts differ)")
+    repeated = [str(p) for i, p in enumerate(ratings) if Path(p).resolve() in {Path(q).resolve() for q in ratings[:i]}]
+    if repeated:
+        raise HumanEvalError(f"the ratings {', '.join(repeated)} are given twice: one file per rater")
+    sheet = _read_sheet(sheet_path)
+    key = _read_key(key_path, sheet, sheet_path)
     raters = [_read_ratings(p, sheet) for p in ratings]
     R = len(raters)
     # majority vote per candidate; with an even number of raters a tie counts as 0
     votes_sens, votes_spec = [], []
     per_sys: dict[str, dict[str, list[tuple[float, int]]]] = {}
     per_ctx_ssa: dict[str, list[float | None]] = {s: [] for s in key["systems"]}
-    for i, it in enumerate(sheet):
+    for i in range(len(sheet)):
         sources = key["items"][i]["sources"]
-        if len(sources) != len(it["candidates"]):
-            raise HumanEvalError(f"{key_path}: item {i} does not match the sheet")
         sums: dict[str, list[float]] = {}
         for c, srcs in enumerate(sources):
             sv = [raters[r][i][0][c] for r in range(R)]
@@ -206,8 +240,10 @@ def score(sheet_path: Path, key_path: Path, ratings: Sequence[Path]) -> dict[str
     vs, vp = np.array(votes_sens), np.array(votes_spec)
     pair_agree = (float(np.mean([np.mean(vs[:, a] == vs[:, b]) for a, b in combinations(range(R), 2)]))
                   if R > 1 else float("nan"))
-    agreement = {"raters": R, "fleiss_kappa_sensible": fleiss_kappa(vs), "fleiss_kappa_specific": fleiss_kappa(vp),
-                 "pairwise_agreement_sensible": pair_agree}
+    agreement: dict[str, Any] = {"raters": R, "fleiss_kappa_sensible": fleiss_kappa(vs),
+                                 "fleiss_kappa_specific": fleiss_kappa(vp), "pairwise_agreement_sensible": pair_agree}
+    # one rater agrees with no one: null in the JSON (NaN is not JSON), said so in the report
+    agreement = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in agreement.items()}
     prefs = []
     names = [s for s in key["systems"] if s != CONTROL]
     for a, b in combinations(names, 2):
@@ -232,9 +268,12 @@ def report(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {s['candidates']} | {s['sensible']:.2f} {ci(s['sensible_ci'])} | "
                      f"{s['specific']:.2f} {ci(s['specific_ci'])} | {s['ssa']:.2f} {ci(s['ssa_ci'])} |")
     a = res["agreement"]
-    lines += ["", f"Raters: {a['raters']}; Fleiss' kappa sensible {a['fleiss_kappa_sensible']:.2f}, specific "
-                  f"{a['fleiss_kappa_specific']:.2f}; mean pairwise agreement on sensible "
-                  f"{a['pairwise_agreement_sensible']:.2f}."]
+    if a["fleiss_kappa_sensible"] is None:
+        lines += ["", f"Raters: {a['raters']}; no agreement to measure with one rater."]
+    else:
+        lines += ["", f"Raters: {a['raters']}; Fleiss' kappa sensible {a['fleiss_kappa_sensible']:.2f}, specific "
+                      f"{a['fleiss_kappa_specific']:.2f}; mean pairwise agreement on sensible "
+                      f"{a['pairwise_agreement_sensible']:.2f}."]
     for p in res["preference"]:
         lines.append(f"Per context (mean SSA): {p['a']} higher on {p['a_better']}, {p['b']} higher on "
                      f"{p['b_better']}, tie on {p['tie']}.")

@@ -121,3 +121,70 @@ def test_quality_cli_end_to_end_on_a_tiny_bundle(tmp_path, synthetic_corpus):
     lines = [json.loads(l) for l in samples.read_text().splitlines()]
     assert len(lines) == 6 and all(1 <= len(l["replies"]) <= 3 and l["reference"] for l in lines)
     assert all(len(set(l["replies"])) == len(l["replies"]) for l in lines)  # no repeats among a context's replies
+
+
+@pytest.fixture
+def sheet_and_key(tmp_path):
+    a = _samples(tmp_path / "a.jsonl", "A", [["hi"], ["how are you?"], ["what now?"]])
+    b = _samples(tmp_path / "b.jsonl", "B", [["hi"], ["how are you?"], ["what now?"]])
+    export([f"A={a}", f"B={b}"], tmp_path / "sheet.json", tmp_path / "key.json", replies=2)
+    return tmp_path / "sheet.json", tmp_path / "key.json"
+
+
+def _ratings(path, sheet, rating=1):
+    items = json.loads(sheet.read_text())
+    path.write_text(json.dumps([{"item": it["item"], "sensible": [rating] * len(it["candidates"]),
+                                 "specific": [rating] * len(it["candidates"])} for it in items]))
+    return path
+
+
+def test_export_takes_the_replies_asked_for_and_refuses_none(sheet_and_key, tmp_path):
+    sheet, _ = sheet_and_key
+    assert all(len(it["candidates"]) == 2 + 2 + 1 for it in json.loads(sheet.read_text()))  # A's, B's, the control
+    a = _samples(tmp_path / "c.jsonl", "C", [["hi"]])
+    for kwargs in ({"replies": 0}, {"replies": -1}, {"contexts": 0}):  # [:-1] took all replies but the last
+        with pytest.raises(HumanEvalError, match="must be at least 1"):
+            export([f"C={a}"], tmp_path / "s2.json", tmp_path / "k2.json", **kwargs)
+    assert not (tmp_path / "s2.json").exists()
+
+
+def test_score_names_a_sheet_and_key_swapped(sheet_and_key, tmp_path):
+    sheet, key = sheet_and_key
+    r = _ratings(tmp_path / "r.json", sheet)
+    with pytest.raises(HumanEvalError, match=r"key.json: not a judging sheet .* is it the key\?"):
+        score(key, sheet, [r])  # an AttributeError traceback before
+    with pytest.raises(HumanEvalError, match=r"sheet.json: not a key .* is it the sheet\?"):
+        score(sheet, sheet, [r])
+
+
+def test_score_refuses_a_key_that_does_not_fit_the_sheet(sheet_and_key, tmp_path):
+    sheet, key = sheet_and_key
+    r = _ratings(tmp_path / "r.json", sheet)
+    doc = json.loads(key.read_text())
+    doc["items"][1]["sources"] = doc["items"][1]["sources"][:-1]  # one candidate short
+    (tmp_path / "k1.json").write_text(json.dumps(doc))
+    with pytest.raises(HumanEvalError, match="item 1 does not match the sheet"):
+        score(sheet, tmp_path / "k1.json", [r])
+    doc = json.loads(key.read_text())
+    doc["items"][0]["sources"][0] = [["nobody", 0]]  # a system the key does not list
+    (tmp_path / "k2.json").write_text(json.dumps(doc))
+    with pytest.raises(HumanEvalError, match="item 0 does not match the sheet"):
+        score(sheet, tmp_path / "k2.json", [r])
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(HumanEvalError, match="not a judging sheet"):
+        score(tmp_path / "empty.json", key, [r])
+
+
+def test_one_rater_gives_no_agreement_and_no_nan(sheet_and_key, tmp_path):
+    sheet, key = sheet_and_key
+    r = _ratings(tmp_path / "r.json", sheet)
+    with pytest.raises(HumanEvalError, match="given twice"):  # one rater counted twice agrees with themself
+        score(sheet, key, [r, tmp_path / "." / "r.json"])
+    res = score(sheet, key, [r])
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in the scores")
+
+    assert json.loads(json.dumps(res), parse_constant=no_nan)["agreement"]["fleiss_kappa_sensible"] is None
+    assert res["agreement"]["pairwise_agreement_sensible"] is None
+    assert "no agreement to measure with one rater" in report(res)
