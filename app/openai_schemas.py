@@ -79,13 +79,13 @@ class ChatRequestBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str = Field(min_length=1, max_length=256, description="the served model's id (GET /v1/models)")
     @model_validator(mode="before")
     @classmethod
     def _no_lone_surrogates(cls, data: Any) -> Any:
         refuse_lone_surrogates(cls.__name__, data)
         return data
 
+    model: str = Field(min_length=1, max_length=256, description="the served model's id (GET /v1/models)")
     messages: list[ChatMessageBase]
     n: int = Field(1, ge=1, description="number of choices (distinct replies; fewer when the model cannot find "
                                         "that many different ones)")
