@@ -1,12 +1,25 @@
-"""python -m training {train,evaluate,compare} ..."""
+"""python -m training {train,evaluate,lexicon,quality,retrieval,humaneval,scaling,compare,synthetic} ...
+
+Every value a user can get wrong is refused in one line (``error: ...`` or argparse's usage error) with exit
+status 2 before any work: each numeric flag has a range, a flag that would change nothing is refused rather than
+ignored, and the errors of the modules below that a user can cause are caught in :func:`main`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from .cliargs import float_in, int_in, out_dir, out_file
+from .cliargs import seed as seed_arg
+
+
+class UsageError(Exception):
+    """Values argparse cannot judge alone (flags that change nothing together, run folders that hold no run):
+    one line, exit 2."""
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -26,13 +39,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .data import CORPORA
     from .evaluate import evaluate
 
     data: dict[str, str] = {}
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in ("data.corpus", "data.dir") or not value:
-            raise SystemExit(f"evaluate: --set takes data.corpus=... or data.dir=..., got {item!r}")
+            raise UsageError(f"evaluate: --set takes data.corpus=... or data.dir=..., got {item!r}")
+        if key == "data.corpus" and value not in CORPORA:
+            raise UsageError(f"evaluate: --set data.corpus: unknown corpus {value!r}; one of {', '.join(CORPORA)}")
         data[key.split(".")[1]] = value
     res = evaluate(args.bundle, split=args.split, corpus=data.get("corpus"), data_dir=data.get("dir"),
                    n_samples=args.n, batch_size=args.batch_size, seed=args.seed, device=args.device,
@@ -54,8 +70,7 @@ def _lexicon(args: argparse.Namespace) -> int:
     sources = bundle_sources(bundle.extra.get("data", {}))
     dialogs = read_sources(sources, "train")
     lexicon = build_lexicon(dialogs, bundle.text_style, args.min_count)
-    if lexicon is None:
-        raise SystemExit("lexicon: --min-count must be at least 1")
+    assert lexicon is not None, "--min-count is at least 1"
     reply_lm = build_reply_lm(dialogs, bundle.text_style, bundle.tokenizer)
     sha = add_lexicon(args.bundle, lexicon, reply_lm)
     logging.getLogger("training").info("%s: lexicon of %d words (seen >= %d times), reply bigram model of %d "
@@ -64,9 +79,24 @@ def _lexicon(args: argparse.Namespace) -> int:
     return 0
 
 
+# quality's flags that only the reranker reads, with their defaults: given with --no-rerank they would change nothing
+def _rerank_only() -> dict[str, Any]:
+    from model import rerank as rr
+
+    return {"candidates_per_reply": rr.DEFAULT_CANDIDATES_PER_REPLY, "mmi_weight": rr.DEFAULT_MMI_WEIGHT,
+            "diversity": rr.DEFAULT_DIVERSITY, "coherence_weight": 0.0, "anti_lm": "probes"}
+
+
 def _quality(args: argparse.Namespace) -> int:
     from .quality import quality
 
+    given = [k for k in _rerank_only() if getattr(args, k) is not None]
+    if not args.rerank and given:
+        raise UsageError(f"quality: {', '.join('--' + k.replace('_', '-') for k in given)} would change nothing "
+                         "with --no-rerank (only the reranker reads them)")
+    for k, default in _rerank_only().items():
+        if getattr(args, k) is None:
+            setattr(args, k, default)
     res = quality(args.bundle, args.corpus, args.data_dir or f"../shared/data/{args.corpus}", split=args.split,
                   n=args.n, contexts=args.contexts, seed=args.seed, rerank=args.rerank, lexicon=args.lexicon,
                   candidates_per_reply=args.candidates_per_reply, mmi_weight=args.mmi_weight,
@@ -111,11 +141,15 @@ def _humaneval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .report import compare
+    from .report import compare, read_metrics
 
     missing = [d for d in args.runs if not Path(d).is_dir()]
     if missing:
         raise FileNotFoundError(f"compare: not a run folder: {', '.join(missing)}")
+    empty = [d for d in args.runs if not any(read_metrics(Path(d) / "metrics.jsonl"))]
+    if empty:
+        raise UsageError(f"compare: no metrics in {', '.join(empty)} (metrics.jsonl missing or without a row): "
+                         "not a run, or one that has not logged yet")
     notes = Path(args.notes_file).read_text() if args.notes_file else args.notes
     compare([Path(d) for d in args.runs], Path(args.out), title=args.title, notes=notes, against=args.against)
     return 0
@@ -124,9 +158,6 @@ def _compare(args: argparse.Namespace) -> int:
 def _scaling(args: argparse.Namespace) -> int:
     from .report.scaling import scaling
 
-    missing = [d for d in args.runs if not (Path(d) / "metrics.jsonl").is_file()]
-    if missing:
-        raise FileNotFoundError(f"scaling: no metrics.jsonl in {', '.join(missing)}")
     scaling([Path(d) for d in args.runs], Path(args.out), args.budget_cpu_hours)
     return 0
 
@@ -137,43 +168,12 @@ def _synthetic(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
-def _int_in(lo: int, hi: int | None) -> Any:
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"must be from {lo}" + (f" to {hi}" if hi is not None else " up")
-                                             + f", got {v}")
-        return v
-    return parse
-
-
-def _float_in(lo: float, hi: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be from {lo:g} to {hi:g}, got {text}")
-        return v
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     from model import rerank as rr
+
+    from .schedules import ScheduleConfig
+
+    schedule_settings = [f.name for f in dataclasses.fields(ScheduleConfig) if f.name != "kind"]
 
     p = argparse.ArgumentParser(prog=_program(),
                                 description="Train, evaluate and compare CVAE dialog models.")
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (resumes when RUN_DIR holds a checkpoint)")
     t.add_argument("--config", required=True, help="TOML or YAML file (or a name in training/configs)")
-    t.add_argument("--out", required=True, help="run folder: metrics.jsonl, checkpoint, bundle/")
+    t.add_argument("--out", required=True, type=out_dir, help="run folder: metrics.jsonl, checkpoint, bundle/")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field with a dotted key, e.g. train.steps=2000")
     t.set_defaults(func=_train)
@@ -190,15 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a bundle on a corpus split")
     e.add_argument("--bundle", required=True)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    e.add_argument("--out", required=True, help="JSON file for the metrics")
+    e.add_argument("--out", required=True, type=out_file, help="JSON file for the metrics")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="data.corpus=... / data.dir=... (default: as recorded in the bundle)")
-    e.add_argument("-n", type=int, default=5, help="prior samples per context")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--seed", type=int, default=1)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--max-contexts", type=int, default=0, help="evaluate only the first N (0 = all)")
-    e.add_argument("--samples", help="also write the sampled replies as JSONL here")
+    e.add_argument("-n", type=int_in(1, 100), default=5, help="prior samples per context (default 5, at most 100)")
+    e.add_argument("--batch-size", type=int_in(1, 4096), default=64, help="contexts per batch (default 64)")
+    e.add_argument("--seed", type=seed_arg, default=1)
+    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    e.add_argument("--max-contexts", type=int_in(0, None), default=0,
+                   help="sample replies for only the first N contexts (0 = all)")
+    e.add_argument("--samples", type=out_file, help="also write the sampled replies as JSONL here")
     e.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="evaluate with the decoder quantized to int8, as served with DIALOG_QUANTIZE=int8 (CPU)")
     e.set_defaults(func=_evaluate)
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     lx = sub.add_parser("lexicon", help="build a bundle's decoding lexicon and reply bigram model (the reranker's "
                                          "anti-LM) from its training data (in place)")
     lx.add_argument("--bundle", required=True)
-    lx.add_argument("--min-count", type=int, default=20, help="keep words seen at least this often (default 20)")
+    lx.add_argument("--min-count", type=int_in(1, None), default=20,
+                    help="keep words seen at least this often (default 20)")
     lx.set_defaults(func=_lexicon)
 
     q = sub.add_parser("quality", help="replies as the service makes them, measured: invented words, generic "
@@ -215,22 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--corpus", required=True, choices=["swda", "dailydialog", "chitchat", "jsonl"])
     q.add_argument("--data-dir", help="corpus folder (default ../shared/data/CORPUS)")
     q.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    q.add_argument("--out", required=True, help="JSON file for the metrics")
-    q.add_argument("--samples", help="also write contexts, replies and true next turns as JSONL here")
-    q.add_argument("-n", type=_int_in(1, 16), default=5, help="replies per context (default 5; at most 16, as the "
+    q.add_argument("--out", required=True, type=out_file, help="JSON file for the metrics")
+    q.add_argument("--samples", type=out_file, help="also write contexts, replies and true next turns as JSONL here")
+    q.add_argument("-n", type=int_in(1, 16), default=5, help="replies per context (default 5; at most 16, as the "
                                                                 "service)")
-    q.add_argument("--contexts", type=_int_in(0, None), default=200, help="contexts, a fixed-seed sample (0 = all)")
-    q.add_argument("--seed", type=_int_in(0, None), default=1)
+    q.add_argument("--contexts", type=int_in(0, None), default=200, help="contexts, a fixed-seed sample (0 = all)")
+    q.add_argument("--seed", type=int_in(0, None), default=1)
     q.add_argument("--no-rerank", dest="rerank", action="store_false", help="n samples, no reranking")
     q.add_argument("--no-lexicon", dest="lexicon", action="store_false", help="unconstrained decoding")
-    q.add_argument("--candidates-per-reply", type=_int_in(1, 16), default=rr.DEFAULT_CANDIDATES_PER_REPLY)
-    q.add_argument("--mmi-weight", type=_float_in(0, 2), default=rr.DEFAULT_MMI_WEIGHT)
-    q.add_argument("--diversity", type=_float_in(0, 10), default=rr.DEFAULT_DIVERSITY)
-    q.add_argument("--latent-temperature", type=_float_in(0, 10), default=rr.DEFAULT_LATENT_TEMPERATURE,
+    # The reranker's flags default to None, so that one given with --no-rerank can be told from its default
+    # (_rerank_only) and refused.
+    q.add_argument("--candidates-per-reply", type=int_in(1, 16),
+                   help=f"candidates decoded per reply (reranking only; default {rr.DEFAULT_CANDIDATES_PER_REPLY})")
+    q.add_argument("--mmi-weight", type=float_in(0, 2),
+                   help=f"weight of the anti-LM's log p(reply) in the rank (reranking only; default "
+                        f"{rr.DEFAULT_MMI_WEIGHT:g})")
+    q.add_argument("--diversity", type=float_in(0, 10),
+                   help=f"MMR's weight on the likeness to replies chosen before (reranking only; default "
+                        f"{rr.DEFAULT_DIVERSITY:g})")
+    q.add_argument("--latent-temperature", type=float_in(0, 10), default=rr.DEFAULT_LATENT_TEMPERATURE,
                    help="default: the service's")
-    q.add_argument("--coherence-weight", type=_float_in(0, 10), default=0.0,
-                   help="weight of the response-selection head's coherence term (bundles with the head)")
-    q.add_argument("--anti-lm", choices=["probes", "reply_lm"], default="probes",
+    q.add_argument("--coherence-weight", type=float_in(0, 10),
+                   help="weight of the response-selection head's coherence term (bundles with the head; reranking "
+                        "only; default 0)")
+    q.add_argument("--anti-lm", choices=["probes", "reply_lm"],
                    help="log p(reply) of the reranker: the decoder over probe contexts (default, the service's) or "
                         "the bundle's reply bigram model")
     q.set_defaults(func=_quality)
@@ -241,45 +251,47 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--corpus", required=True, choices=["swda", "dailydialog", "chitchat", "jsonl"])
     rt.add_argument("--data-dir", help="corpus folder (default ../shared/data/CORPUS)")
     rt.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    rt.add_argument("--out", required=True, help="JSON file for the metrics")
-    rt.add_argument("--samples", help="also write contexts, replies and true next turns as JSONL here")
-    rt.add_argument("-n", type=_int_in(1, 16), default=5, help="replies per context (default 5)")
-    rt.add_argument("--contexts", type=_int_in(0, None), default=200, help="as quality's (0 = all)")
-    rt.add_argument("--seed", type=_int_in(0, None), default=1, help="as quality's: the same seed, the same contexts")
+    rt.add_argument("--out", required=True, type=out_file, help="JSON file for the metrics")
+    rt.add_argument("--samples", type=out_file, help="also write contexts, replies and true next turns as JSONL here")
+    rt.add_argument("-n", type=int_in(1, 16), default=5, help="replies per context (default 5)")
+    rt.add_argument("--contexts", type=int_in(0, None), default=200, help="as quality's (0 = all)")
+    rt.add_argument("--seed", type=int_in(0, None), default=1, help="as quality's: the same seed, the same contexts")
     rt.set_defaults(func=_retrieval)
 
     h = sub.add_parser("humaneval", help="blind human evaluation: export a judging sheet, score the ratings")
     hs = h.add_subparsers(dest="action", required=True)
     hx = hs.add_parser("export", help="a shuffled sheet of contexts and candidates (systems + the true turn)")
     hx.add_argument("systems", nargs="+", metavar="NAME=SAMPLES.jsonl", help="samples written by 'quality --samples'")
-    hx.add_argument("--out", required=True, help="the sheet (JSON) to hand to raters")
-    hx.add_argument("--key", required=True, help="where each candidate came from (keep it away from raters)")
-    hx.add_argument("--contexts", type=int, default=100)
-    hx.add_argument("--replies", type=int, default=5, help="replies per system and context")
-    hx.add_argument("--seed", type=int, default=1)
+    hx.add_argument("--out", required=True, type=out_file, help="the sheet (JSON) to hand to raters")
+    hx.add_argument("--key", required=True, type=out_file,
+                    help="where each candidate came from (keep it away from raters)")
+    hx.add_argument("--contexts", type=int_in(1, None), default=100, help="contexts on the sheet (default 100)")
+    hx.add_argument("--replies", type=int_in(1, 16), default=5,
+                    help="replies per system and context (default 5; at most 16, as quality's -n)")
+    hx.add_argument("--seed", type=int_in(0, None), default=1)
     hc = hs.add_parser("score", help="sensible, specific, SSA per system with intervals; agreement; preference")
     hc.add_argument("--sheet", required=True)
     hc.add_argument("--key", required=True)
     hc.add_argument("ratings", nargs="+", help="one ratings JSON file per rater")
-    hc.add_argument("--out", help="write the scores as JSON here (and a .md table beside it)")
+    hc.add_argument("--out", type=out_file, help="write the scores as JSON here (and a .md table beside it)")
     h.set_defaults(func=_humaneval)
 
     sc = sub.add_parser("scaling", help="the scaling probe's report: validation ELBO against training CPU time, "
                                         "fitted and extrapolated to a budget")
     sc.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    sc.add_argument("--out", required=True, help="folder for report.md, report.json, elbo-vs-cpu.png")
-    sc.add_argument("--budget-cpu-hours", type=_positive_float, default=24.0,
-                    help="the budget to extrapolate to, in CPU hours (default 24: 12 hours of two cores)")
+    sc.add_argument("--out", required=True, type=out_dir, help="folder for report.md, report.json, elbo-vs-cpu.png")
+    sc.add_argument("--budget-cpu-hours", type=float_in(0, 1e6, above=True), default=24.0,
+                    help="the budget to extrapolate to, in CPU hours (default 24: 12 hours of two cores; at most 1e6)")
     sc.set_defaults(func=_scaling)
 
     c = sub.add_parser("compare", help="report comparing runs: report.md, report.json, plots")
     c.add_argument("runs", nargs="+", help="run folders (metrics.jsonl, config.json, eval/test.json when evaluated)")
-    c.add_argument("--out", required=True, help="folder for report.md, report.json and the plots")
+    c.add_argument("--out", required=True, type=out_dir, help="folder for report.md, report.json and the plots")
     c.add_argument("--title")
     notes = c.add_mutually_exclusive_group()
     notes.add_argument("--notes", help="text put verbatim under Notes")
     notes.add_argument("--notes-file", help="file whose text is put verbatim under Notes")
-    c.add_argument("--against", action="append", default=[], metavar="KEY",
+    c.add_argument("--against", action="append", default=[], metavar="KEY", choices=schedule_settings,
                    help="also plot the test metrics against this schedule setting (cycles, ratio, shape, ...; "
                         "repeatable): against-KEY.png, with the runs of other schedule kinds as flat lines")
     c.set_defaults(func=_compare)
@@ -316,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         from .checkpoint import CheckpointError
         from .config import ConfigError
         from .data import CorpusError
+        from .evaluate import EvaluateError
         from .humaneval import HumanEvalError
         from .loop import RunError
+        from .report import ReportError
+        from .synthetic import SyntheticError
         from model.bundle import BundleError
-        from model.files import WriteError
+        from model.files import DeviceError, WriteError
         from model.rerank import RerankError
     except ModuleNotFoundError as e:
         return _missing_extra(e)
@@ -327,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ModuleNotFoundError as e:
         return _missing_extra(e)
-    except (ConfigError, CorpusError, CheckpointError, RunError, BundleError, RerankError, FileNotFoundError,
-            HumanEvalError, WriteError) as e:
+    # OSError: a file or folder named on the command line that is missing or cannot be written (its message names it)
+    except (UsageError, ConfigError, CorpusError, CheckpointError, RunError, BundleError, RerankError, DeviceError,
+            EvaluateError, HumanEvalError, ReportError, SyntheticError, WriteError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

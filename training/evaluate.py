@@ -22,6 +22,7 @@ from model.bundle import load_bundle
 from model.cvae import CVAE
 from model.decoding import decode
 from model.config import BOS_ID, PAD_ID, UNK_ID
+from model.files import pick_device
 from model.text import detokenize
 
 from .metrics import (MetricAccumulator, active_units, bleu_precision_recall, distinct_inter,
@@ -29,6 +30,12 @@ from .metrics import (MetricAccumulator, active_units, bleu_precision_recall, di
 
 log = logging.getLogger("training.evaluate")
 _WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+
+
+class EvaluateError(ValueError):
+    """An evaluation that cannot run as asked (no corpus to read, a split without contexts): one line."""
+
 
 SINGLE_REFERENCE_NOTE = ("one reference per context: BLEU recall here is against the single "
                          "observed reply, not the multi-reference SwDA test set of Zhao et al.")
@@ -137,8 +144,10 @@ def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = N
     from .batching import ExampleSet, Vocabs
     from .data import Source, read_sources
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    if n_samples < 1 or batch_size < 1 or max_contexts < 0:
+        raise EvaluateError(f"n_samples ({n_samples}) and batch_size ({batch_size}) must be at least 1 and "
+                            f"max_contexts ({max_contexts}) at least 0")
+    dev = pick_device(device)  # DeviceError: a device that is not there
     bundle = load_bundle(bundle_dir, device=dev, quantize=quantize)  # int8: decoder quantized (CPU)
     data = bundle.extra.get("data", {})
     if corpus is None and data_dir is None and data.get("corpus") == "mix":
@@ -148,13 +157,17 @@ def evaluate(bundle_dir: str | Path, split: str = "test", corpus: str | None = N
         corpus = corpus or data.get("corpus")
         data_dir = data_dir or data.get("dir")
         if not corpus or not data_dir or corpus == "mix":
-            raise ValueError("the bundle records no single corpus: pass --set data.corpus=... --set data.dir=...")
+            trained_on = "was trained on a mix of corpora" if data.get("corpus") == "mix" else "records no corpus"
+            raise EvaluateError(f"{bundle_dir} {trained_on}: to evaluate on one corpus, pass both "
+                                "--set data.corpus=... and --set data.dir=...")
         sources = [Source(corpus, data_dir)]
     vocabs = Vocabs.from_dict(bundle.extra["vocabs"]) if "vocabs" in bundle.extra else Vocabs()
     dialogs = read_sources(sources, split)
     cfg = bundle.config
     examples = ExampleSet(dialogs, bundle.tokenizer, bundle.text_style, vocabs, cfg.max_context_turns,
                           cfg.max_utt_len)
+    if not len(examples):
+        raise EvaluateError(f"the {split} split of {corpus} in {data_dir} has no context with a reply to evaluate")
     log.info("evaluating %s on %s/%s: %d contexts", bundle.name, corpus, split, len(examples))
     torch.manual_seed(seed)
     res: dict[str, Any] = posterior_metrics(bundle.model, examples, batch_size, dev, progress=True)

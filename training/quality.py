@@ -124,11 +124,13 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
             diversity: float = rr.DEFAULT_DIVERSITY, latent_temperature: float = rr.DEFAULT_LATENT_TEMPERATURE,
             samples_out: str | Path | None = None, anti_lm: str = "probes", coherence_weight: float = 0.0,
             device: str = "cpu") -> dict[str, Any]:
-    from .data import Source, TEXT_STYLE, read_sources
+    from .data import CorpusError, Source, TEXT_STYLE, read_sources
 
     bundle = load_bundle(bundle_dir, device=device)
     dialogs = read_sources([Source(corpus, data_dir)], split)
     items = contexts_of(dialogs, contexts, seed)
+    if not items:
+        raise CorpusError(f"the {split} split of {corpus} in {data_dir} has no dialog of two turns or more")
     gen = Generator(bundle, ReplySettings(lexicon=lexicon, rerank=rerank, candidates_per_reply=candidates_per_reply,
                                           mmi_weight=mmi_weight, diversity=diversity,
                                           latent_temperature=latent_temperature, anti_lm=anti_lm,

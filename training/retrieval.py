@@ -108,13 +108,15 @@ def retrieval(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "
     from model.bundle import load_bundle
     from model.text import normalize
 
-    from .data import Source, bundle_sources, read_sources
+    from .data import CorpusError, Source, bundle_sources, read_sources
     from .quality import _training_generic, contexts_of, measure
 
     bundle = load_bundle(bundle_dir)
     train = read_sources(bundle_sources(bundle.extra.get("data", {})), "train")
     retriever = Retriever(train)
     items = contexts_of(read_sources([Source(corpus, data_dir)], split), contexts, seed)
+    if not items:
+        raise CorpusError(f"the {split} split of {corpus} in {data_dir} has no dialog of two turns or more")
     for it in items:
         it["replies"] = [normalize(r, bundle.text_style) for r in retriever.respond(it["context"], n)]
         it["finish"] = ["eos"] * len(it["replies"])

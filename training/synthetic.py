@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,12 +36,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .schedules import ScheduleConfig, beta_at
+from .cliargs import float_in, int_in, out_dir, seed
+from .schedules import KINDS, ScheduleConfig, beta_at
 
 log = logging.getLogger("training.synthetic")
 
 BOS = 0  # the decoder's start symbol; sequence tokens are 1 .. vocab_size
 SEPARATED_AT = 0.9
+
+
+class SyntheticError(ValueError):
+    """Settings the experiment cannot run with: one line for the CLI."""
 
 
 @dataclass(frozen=True)
@@ -193,37 +199,53 @@ def run(cfg: SyntheticConfig, out_dir: Path, kinds: tuple[str, ...] = ("monotoni
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.splitlines()[0])
     d = SyntheticConfig()
-    p.add_argument("--out", required=True, help="folder for history.json, summary.json, latent.png, curves.png, "
+    p.add_argument("--out", required=True, type=out_dir, help="folder for history.json, summary.json, latent.png, curves.png, "
                                                 "latent.gif")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--cycles", type=int, default=d.cycles)
-    p.add_argument("--ratio", type=float, default=d.ratio)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--snapshot-every", type=int, default=d.snapshot_every)
-    p.add_argument("--schedules", default="monotonic,cyclical", help="comma-separated: constant, monotonic, cyclical")
+    p.add_argument("--steps", type=int_in(1, 1_000_000), default=d.steps, help=f"default {d.steps}")
+    p.add_argument("--cycles", type=int_in(1, 1000), default=d.cycles, help=f"M (default {d.cycles}; at most --steps)")
+    p.add_argument("--ratio", type=float_in(0, 1, above=True), default=d.ratio,
+                   help=f"R, the part of a cycle spent rising (default {d.ratio:g})")
+    p.add_argument("--seed", type=seed, default=d.seed)
+    p.add_argument("--snapshot-every", type=int_in(1, 1_000_000), default=d.snapshot_every,
+                   help=f"steps between snapshots (default {d.snapshot_every})")
+    p.add_argument("--schedules", type=_schedules, default=("monotonic", "cyclical"),
+                   help="comma-separated: constant, monotonic, cyclical (default monotonic,cyclical)")
     p.add_argument("--no-animation", dest="animation", action="store_false", help="skip latent.gif")
     return p
 
 
-def main_args(args: argparse.Namespace) -> int:
-    torch.set_num_threads(1)  # a batch of ten short sequences: more threads only add overhead
-    kinds = tuple(k.strip() for k in args.schedules.split(",") if k.strip())
-    bad = [k for k in kinds if k not in ("constant", "monotonic", "cyclical")]
+def _schedules(text: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
-        raise SystemExit(f"synthetic: unknown schedule(s) {', '.join(bad) or '(none)'}")
+        raise argparse.ArgumentTypeError(f"unknown schedule(s) {', '.join(bad) or '(none)'}; "
+                                         f"choose from {', '.join(KINDS)}")
+    return kinds
+
+
+def main_args(args: argparse.Namespace) -> int:
+    """Run the experiment as parsed by :func:`build_parser`; SyntheticError for settings it cannot run with."""
+    torch.set_num_threads(1)  # a batch of ten short sequences: more threads only add overhead
+    if args.cycles > args.steps:
+        raise SyntheticError(f"synthetic: --cycles ({args.cycles}) must be at most --steps ({args.steps})")
     try:
         cfg = SyntheticConfig(steps=args.steps, cycles=args.cycles, ratio=args.ratio, seed=args.seed,
                               snapshot_every=args.snapshot_every)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
-    summary = run(cfg, Path(args.out), kinds, animation=args.animation)
+        raise SyntheticError(str(e)) from None
+    summary = run(cfg, Path(args.out), args.schedules, animation=args.animation)
     log.info("wrote %s: %s", args.out, ", ".join(summary["figures"].values()))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return main_args(build_parser().parse_args(argv))
+    try:
+        return main_args(args)
+    except SyntheticError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

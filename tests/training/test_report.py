@@ -254,3 +254,34 @@ def test_compare_refuses_a_run_twice_and_a_sweep_of_nothing_before_writing(runs,
     with pytest.raises(ReportError, match="no schedule kind has runs with different schedule.cycles"):
         compare(list(runs), tmp_path / "out", against=["cycles"])
     assert not (tmp_path / "out").exists()
+
+
+def one_line_refusal(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_compare_cli_refuses_folders_without_metrics(runs, tmp_path, capsys):
+    """A folder with no metrics.jsonl, or an empty one, is no run: refused before any report is written."""
+    empty, bare = tmp_path / "empty", tmp_path / "bare"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text("")
+    bare.mkdir()
+    for folder in (empty, bare):
+        assert main(["compare", str(runs[0]), str(folder), "--out", str(tmp_path / "x")]) == 2
+        line = one_line_refusal(capsys)
+        assert line.startswith("error: compare: no metrics in ") and str(folder) in line and str(runs[0]) not in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_cli_refuses_a_run_twice_and_a_setting_no_run_varies(runs, tmp_path, capsys):
+    assert main(["compare", str(runs[0]), str(runs[0].parent / ".." / runs[0].parent.name / runs[0].name),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "is given twice" in one_line_refusal(capsys)
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "x"), "--against", "cycles"]) == 2
+    assert one_line_refusal(capsys) == "error: --against cycles: no schedule kind has runs with different schedule.cycles"
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as e:  # not a schedule setting at all
+        main(["compare", *map(str, runs), "--out", str(tmp_path / "x"), "--against", "nosuch"])
+    assert e.value.code == 2 and "invalid choice: 'nosuch'" in capsys.readouterr().err

@@ -63,6 +63,30 @@ def test_the_library_refuses_runs_it_cannot_report(tmp_path):
     assert not (tmp_path / "out").exists() and (tmp_path / "file").read_text() == "keep"
 
 
+def cli(capsys, *args) -> tuple[int, str]:
+    from training.__main__ import main
+
+    try:
+        rc = main(["scaling", *map(str, args)])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err.strip().splitlines()[-1] if err.strip() else ""
+
+
+def test_a_run_with_no_validation_point_is_refused(tmp_path, capsys):
+    """An empty metrics.jsonl, one of training rows only and one whose validation rows have no ELBO."""
+    folders = {"empty": [], "train-only": [{"step": 1, "cpu_s": 1.0, "wall_s": 1.0, "beta": 0.1}],
+               "no-elbo": [{"step": 1, "split": "valid", "cpu_s": 1.0, "wall_s": 1.0, "beta": 1.0, "kl": 1.0}]}
+    for name, rows in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rc, line = cli(capsys, tmp_path / name, "--out", tmp_path / "out")
+        assert rc == 2 and line.startswith(f"error: {tmp_path / name / 'metrics.jsonl'}: no validation row"), line
+    assert not (tmp_path / "out").exists()
+
+
 def test_validation_rows_without_an_elbo_are_skipped(tmp_path):
     write_run(tmp_path / "run", a=80.0, b=6.0, c=0.5, cpu_per_step=1.0)
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
@@ -82,3 +106,16 @@ def test_unknown_size_and_no_fit_are_said_so(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "0.00 M" not in md and "| short | - | 400 |" in md
     assert "None" not in md and "No run could be fitted" in md and "no size can be said to be lowest" in md
+
+
+def test_the_cli_refuses_a_run_twice_an_out_file_and_a_budget_out_of_range(tmp_path, capsys):
+    write_run(tmp_path / "run", a=80.0, b=6.0, c=0.5, cpu_per_step=1.0)
+    rc, line = cli(capsys, tmp_path / "run", f"{tmp_path}/./run/", "--out", tmp_path / "out")
+    assert rc == 2 and "is given twice" in line
+    (tmp_path / "file").write_text("keep")
+    rc, line = cli(capsys, tmp_path / "run", "--out", tmp_path / "file")
+    assert rc == 2 and "is a file; expected a folder" in line and (tmp_path / "file").read_text() == "keep"
+    for budget in ("0", "-1", "nan", "inf", "1e300"):
+        rc, line = cli(capsys, tmp_path / "run", "--out", tmp_path / "out", "--budget-cpu-hours", budget)
+        assert rc == 2 and "--budget-cpu-hours" in line
+    assert not (tmp_path / "out").exists()

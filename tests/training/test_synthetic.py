@@ -66,6 +66,24 @@ def test_the_cli_writes_figures_and_a_summary(tmp_path):
     assert (out / "latent.gif").read_bytes()[:6] == b"GIF89a"
 
 
-def test_the_cli_rejects_an_unknown_schedule(tmp_path):
-    with pytest.raises(SystemExit, match="unknown schedule"):
+def test_the_cli_rejects_an_unknown_schedule(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         main(["synthetic", "--out", str(tmp_path), "--schedules", "monotonic,sawtooth"])
+    assert e.value.code == 2 and "unknown schedule(s) sawtooth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--cycles", "0"), ("--ratio", "2"), ("--ratio", "0"),
+                                         ("--ratio", "nan"), ("--schedules", "foo"), ("--schedules", ","),
+                                         ("--snapshot-every", "0"), ("--seed", "-1")])
+def test_the_cli_refuses_values_out_of_range_in_one_line(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["synthetic", "--out", str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}: " in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_refuses_more_cycles_than_steps(tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path / "out"), "--steps", "3", "--cycles", "4"]) == 2
+    assert capsys.readouterr().err.strip() == "error: synthetic: --cycles (4) must be at most --steps (3)"
+    assert not (tmp_path / "out").exists()
