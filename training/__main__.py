@@ -156,9 +156,19 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _scaling(args: argparse.Namespace) -> int:
+    from .report import ReportError
     from .report.scaling import scaling
 
-    scaling([Path(d) for d in args.runs], Path(args.out), args.budget_cpu_hours)
+    sps: dict[str, float] = {}
+    for item in args.seconds_per_step:
+        name, _, value = item.partition("=")
+        try:
+            sps[name] = float(value)
+        except ValueError:
+            sps[name] = float("nan")
+        if not name or not (0 < sps[name] < float("inf")):
+            raise ReportError(f"--seconds-per-step takes RUN=SECONDS with SECONDS above 0, got {item!r}")
+    scaling([Path(d) for d in args.runs], Path(args.out), args.budget_cpu_hours, sps or None)
     return 0
 
 
@@ -282,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", required=True, type=out_dir, help="folder for report.md, report.json, elbo-vs-cpu.png")
     sc.add_argument("--budget-cpu-hours", type=float_in(0, 1e6, above=True), default=24.0,
                     help="the budget to extrapolate to, in CPU hours (default 24: 12 hours of two cores; at most 1e6)")
+    sc.add_argument("--seconds-per-step", action="append", default=[], metavar="RUN=SECONDS",
+                    help="count this run's time as its steps x SECONDS (one step's CPU time measured alone, e.g. by "
+                         "benchmarks/train_throughput.py) instead of the CPU time charged while sharing the cores")
     sc.set_defaults(func=_scaling)
 
     c = sub.add_parser("compare", help="report comparing runs: report.md, report.json, plots")

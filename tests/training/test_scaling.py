@@ -119,3 +119,17 @@ def test_the_cli_refuses_a_run_twice_an_out_file_and_a_budget_out_of_range(tmp_p
         rc, line = cli(capsys, tmp_path / "run", "--out", tmp_path / "out", "--budget-cpu-hours", budget)
         assert rc == 2 and "--budget-cpu-hours" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_seconds_per_step_times_a_run_by_its_steps(tmp_path):
+    """A run that shared the cores is charged more CPU time per step; --seconds-per-step counts its steps at
+    their cost alone."""
+    write_run(tmp_path / "small", a=80.0, b=6.0, c=0.5, cpu_per_step=2.0)  # charged twice the cost
+    rep = scaling([tmp_path / "small"], tmp_path / "out", budget_cpu_h=24.0, seconds_per_step={"small": 1.0})
+    run = rep["runs"][0]
+    assert run["cpu_h"] == pytest.approx(1600 / 3600) and run["cpu_h_charged"] == pytest.approx(3200 / 3600)
+    assert run["fit"]["a"] == pytest.approx(80.0, abs=1.0)
+    assert run["fit"]["b"] == pytest.approx(6.0 * 2 ** -0.5, rel=0.02)  # the same curve over half the time
+    r = subprocess.run([sys.executable, "-m", "training", "scaling", str(tmp_path / "small"), "--out",
+                        str(tmp_path / "o2"), "--seconds-per-step", "nosuch=1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "names no run" in r.stderr
