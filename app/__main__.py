@@ -77,6 +77,8 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("max_batch_rows", int, "most rows per decode call (1 turns batching off)"),
     ("max_wait_ms", float, "longest a batch waits for more rows"),
     ("queue_size", int, "most requests in progress; more get 429"),
+    ("max_per_client", int, "most requests one client may have in progress (429 past it); 0: no cap"),
+    ("client_header", str, "header naming the client, set by a trusted proxy (e.g. X-Forwarded-For)"),
     ("request_timeout_s", float, "per-request time limit (504 after it)"),
     ("torch_threads", int, "torch threads (0: min(4, cores - 1), at least 1)"),
     ("quantize", str, "decoder weights: none or int8 (CPU; faster, slightly different replies)"),

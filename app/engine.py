@@ -70,7 +70,7 @@ class Engine:
                  latent_temperature: float = reranking.DEFAULT_LATENT_TEMPERATURE,
                  max_candidates: int = 64, mmi_weight: float = reranking.DEFAULT_MMI_WEIGHT,
                  diversity: float = reranking.DEFAULT_DIVERSITY, anti_lm: str = "probes",
-                 coherence_weight: float = 0.0):
+                 coherence_weight: float = 0.0, max_per_client: int = 0):
         if quantize != "none":
             quantize_decoder(bundle.model, quantize)  # int8 decoder: see model.quantize
         self.quantize = quantize
@@ -86,7 +86,8 @@ class Engine:
                    max_tokens=max_tokens or bundle.config.max_decode_len, max_candidates=max_candidates))
         self.settings = self.pipeline.settings
         self.max_tokens = self.pipeline.max_tokens
-        self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer)
+        self.batcher = Batcher(self._step, max_batch_rows, max_wait_ms / 1000.0, queue_size, observer,
+                               max_per_client=max_per_client)
         self.observer = self.batcher.observer
         self._preparer: ThreadPoolExecutor | None = None  # submit_async's thread, started with the batcher
 
@@ -125,13 +126,14 @@ class Engine:
         """Check and tokenise a request (model.pipeline.ReplyPipeline.prepare); raises InputError."""
         return self.pipeline.prepare(req, Job)  # type: ignore[return-value]
 
-    def submit(self, req: GenerationRequest) -> Future[Result]:
-        """Queue a request for the batching thread. Raises InputError, QueueFull or EngineClosed."""
+    def submit(self, req: GenerationRequest, client: str = "") -> Future[Result]:
+        """Queue a request of ``client`` for the batching thread (clients are served round-robin, see
+        app.batching). Raises InputError, QueueFull or EngineClosed."""
         job = self.prepare(req)
-        self.batcher.submit(job)
+        self.batcher.submit(job, client)
         return job.future
 
-    async def submit_async(self, req: GenerationRequest) -> Future[Result]:
+    async def submit_async(self, req: GenerationRequest, client: str = "") -> Future[Result]:
         """:meth:`submit` for a caller on an event loop: the request is prepared (normalised and tokenised,
         pure CPU work of several ms for a large context) in the engine's preparing thread, so the loop stays
         free meanwhile. Raises as :meth:`submit`; a caller cancelled while its request is prepared leaves
@@ -152,7 +154,7 @@ class Engine:
                 raise  # the caller was cancelled
             # close() dropped it before it was prepared (a process exits only once the thread is idle)
             raise EngineClosed("the engine stopped before this request was prepared") from None
-        self.batcher.submit(job)
+        self.batcher.submit(job, client)
         return job.future
 
     def respond(self, context: Sequence[str] | str, n: int = 5, timeout: float | None = None,
@@ -200,7 +202,7 @@ class Engine:
                 self._fail(job, e)
         for key, rows in groups.items():
             self._decode_group(key, rows)
-        for job in jobs:
+        for job in jobs:  # what is left: a request whose rows failed to be drawn, or had none
             if not job.done and not job.future.done() and not job.pending and self.pipeline.end_round(job):
                 self._finish(job)
 
@@ -221,24 +223,38 @@ class Engine:
                 job.cond = None
 
     def _decode_group(self, key: DecodeKey, rows: list[Row]) -> None:
+        """Decode ``rows`` in calls of at most max_batch_rows, the rows of requests with fewer rows first; a
+        request whose rows are all decoded ends its round at once (it does not wait for others' later calls)."""
         size = self.batcher.max_batch_rows
+        count: dict[Job, int] = {}
+        for r in rows:
+            count[cast(Job, r.job)] = count.get(cast(Job, r.job), 0) + 1
+        rows = sorted(rows, key=lambda r: count[cast(Job, r.job)])  # stable: a request's rows stay in order
         for start in range(0, len(rows), size):
             chunk = [r for r in rows[start:start + size] if not cast(Job, r.job).future.done()]  # cancelled: leave
-            if not chunk:
-                continue
-            try:
-                self.observer.batch(len(chunk))
-                self.pipeline.decode(key, chunk)
-            except Exception as e:
-                jobs = list(dict.fromkeys(r.job for r in chunk))
-                if len(jobs) == 1:
-                    self._fail(jobs[0], e)  # type: ignore[arg-type]
-                    continue
-                for job in jobs:  # isolate the failing request; the others still get their replies
-                    try:
-                        self.pipeline.decode(key, [r for r in chunk if r.job is job])
-                    except Exception as e:
-                        self._fail(job, e)  # type: ignore[arg-type]
+            if chunk:
+                self._decode_chunk(key, chunk)
+            for r in rows[start:start + size]:
+                job = cast(Job, r.job)
+                count[job] -= 1
+                if count[job] == 0 and not job.done and not job.future.done() and not job.pending \
+                        and self.pipeline.end_round(job):
+                    self._finish(job)
+
+    def _decode_chunk(self, key: DecodeKey, chunk: list[Row]) -> None:
+        try:
+            self.observer.batch(len(chunk))
+            self.pipeline.decode(key, chunk)
+        except Exception as e:
+            jobs = list(dict.fromkeys(cast(Job, r.job) for r in chunk))
+            if len(jobs) == 1:
+                self._fail(jobs[0], e)
+                return
+            for job in jobs:  # isolate the failing request; the others still get their replies
+                try:
+                    self.pipeline.decode(key, [r for r in chunk if r.job is job])
+                except Exception as e:
+                    self._fail(job, e)
 
     def _finish(self, job: Job) -> None:
         result = self.pipeline.result(job)

@@ -26,6 +26,8 @@ class Metrics:
         self.replies = Counter("dialog_replies", "replies returned", registry=r)
         self.duplicates = Counter("dialog_duplicates_dropped", "replies dropped as duplicates", registry=r)
         self.empty = Counter("dialog_empty_dropped", "replies dropped as empty (never returned)", registry=r)
+        self.rejected = Counter("dialog_rejected", "requests refused with 429, by reason (queue_full: the queue "
+                                "size; client_limit: one client's cap)", ["reason"], registry=r)
         self.ready = Gauge("dialog_ready", "1 when the service is ready for traffic", registry=r)
 
     def observer(self) -> Observer:

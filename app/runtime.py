@@ -61,16 +61,28 @@ class Runtime:
             raise HTTPException(503, f"not ready: {self.not_ready_reason()}", headers={"Retry-After": "1"})
         return self.engine
 
-    async def generate(self, engine: Engine, req: GenerationRequest, request_id: str) -> Result:
+    def client_of(self, request: Request) -> str:
+        """Who sent a request, for the batcher's per-client queues and cap: the trusted proxy's header when the
+        settings name one (its first comma-separated value), else the peer address."""
+        header = self.settings.client_header
+        if header:
+            value = request.headers.get(header, "")
+            if value:
+                return "h:" + value.split(",")[0].strip()[:256]
+        return "p:" + (request.client.host if request.client else "")
+
+    async def generate(self, engine: Engine, req: GenerationRequest, request_id: str, client: str = "") -> Result:
         """The request path every generating route shares, on the engine the route got from
         :meth:`require_engine`: the engine's queue, the time limit, the HTTP statuses of the engine's states
         (429 queue full, 503 not ready or draining, 504 past the time limit, 500 on a failure) and the reply
         metrics. The engine's InputError propagates: each API names the offending field in its own terms."""
         try:
-            future = await engine.submit_async(req)  # normalising and tokenising run off this loop
-        except QueueFull:
-            raise HTTPException(429, "too many requests in progress; retry shortly",
-                                headers={"Retry-After": "1"}) from None
+            future = await engine.submit_async(req, client)  # normalising and tokenising run off this loop
+        except QueueFull as e:
+            self.metrics.rejected.labels(e.reason).inc()
+            what = ("this client has too many requests in progress" if e.reason == "client_limit"
+                    else "too many requests in progress")
+            raise HTTPException(429, f"{what}; retry shortly", headers={"Retry-After": "1"}) from None
         except EngineClosed:
             raise HTTPException(503, "not ready: draining", headers={"Retry-After": "1"}) from None
         timeout = self.settings.request_timeout_s

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # Micro-batching and back-pressure.
     max_batch_rows: int = Field(64, ge=1, description="most (context, latent) rows in one decode call")
     max_wait_ms: float = Field(5.0, ge=0, description="longest a batch waits for more rows, in milliseconds")
+    max_per_client: int = Field(0, ge=0, description="most requests one client may have in progress (429 past "
+                                "it); 0: no cap. A client is the peer address, or client_header's value")
+    client_header: str | None = Field(None, description="a request header naming the client (set by a trusted "
+                                      "proxy, e.g. X-Forwarded-For: its first address); unset: the peer address")
     queue_size: int = Field(64, ge=1, description="most requests admitted at once (queued or running); more get 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request time limit, in seconds (then 504)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 picks min(4, CPU cores - 1), at least 1")
@@ -70,7 +74,7 @@ class Settings(BaseSettings):
                     candidates_per_reply=self.candidates_per_reply, max_candidates=self.max_candidates,
                     latent_temperature=self.latent_temperature,
                     mmi_weight=self.mmi_weight, diversity=self.diversity, anti_lm=self.anti_lm,
-                    coherence_weight=self.coherence_weight)
+                    coherence_weight=self.coherence_weight, max_per_client=self.max_per_client)
 
     # Access.
     api_key: SecretStr | None = Field(None, description="when set, /respond and /v1/... need "

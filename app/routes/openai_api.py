@@ -183,10 +183,11 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-async def _generate(rt: Runtime, engine: Engine, req: GenerationRequest, rid: str, first: list[int]) -> Result:
+async def _generate(rt: Runtime, engine: Engine, req: GenerationRequest, rid: str, first: list[int],
+                    client: str = "") -> Result:
     """Runtime.generate, the engine's InputError named in this API's terms (``messages.i.content``)."""
     try:
-        return await rt.generate(engine, req, rid)
+        return await rt.generate(engine, req, rid, client)
     except InputError as e:
         loc: list[Any] = list(e.loc)
         if loc[:1] == ["context"]:
@@ -229,12 +230,12 @@ def router(Body: type[ChatRequestBase]) -> APIRouter:
                                 max_tokens=max_tokens_of(body.max_tokens, body.max_completion_tokens),
                                 rerank=body.rerank)
         if body.stream:
-            got = await unless_disconnected(request, _generate(rt, engine, req, rid, first))
+            got = await unless_disconnected(request, _generate(rt, engine, req, rid, first, rt.client_of(request)))
             if got is None:
                 return Response(status_code=CLIENT_GONE)
             result = got
         else:
-            result = await _generate(rt, engine, req, rid, first)
+            result = await _generate(rt, engine, req, rid, first, rt.client_of(request))
         if not result.replies:  # every candidate came out empty: no choice to give, and choices[0] must exist
             raise OpenAIError(500, f"the model wrote no reply to this dialog: all {result.candidates} candidates "
                                    "were empty; retry with another seed", code="no_reply")

@@ -49,7 +49,7 @@ def router(Body: type[RespondRequestBase]) -> APIRouter:
         engine = rt.require_engine()
         rid = request.state.request_id
         try:
-            result = await rt.generate(engine, GenerationRequest(**body.model_dump()), rid)
+            result = await rt.generate(engine, GenerationRequest(**body.model_dump()), rid, rt.client_of(request))
         except InputError as e:
             raise RequestValidationError([{"type": "value_error", "loc": ("body", *e.loc), "msg": e.msg,
                                            "input": e.value}]) from None

@@ -138,3 +138,65 @@ def test_close_refuses_new_jobs_and_fails_what_never_ran():
             outcomes.append("closed")
     assert "closed" in outcomes  # a job the thread never finished gets EngineClosed, not a hang
     assert not b.running
+
+
+def test_fair_queue_takes_clients_round_robin():
+    from app.batching import FairQueue
+
+    q = FairQueue()
+    for i in range(3):
+        q.put(("heavy", i), "heavy")
+    q.put(("light", 0), "light")
+    q.put(("heavy", 3), "heavy")
+    order = [q.get_nowait() for _ in range(5)]
+    assert order == [("heavy", 0), ("light", 0), ("heavy", 1), ("heavy", 2), ("heavy", 3)]
+    import queue as stdlib_queue
+
+    with pytest.raises(stdlib_queue.Empty):
+        q.get(timeout=0.01)
+
+
+def test_a_light_client_is_not_queued_behind_a_heavy_clients_backlog():
+    """A heavy client's ten queued jobs, then one light job: the light job runs in the next step, not the
+    eleventh (one FIFO for everyone ran it last)."""
+    gate = threading.Event()
+    step = Recorder(gate)
+    b = Batcher(step, max_batch_rows=4, max_wait_s=0.0, queue_size=32)
+    b.start()
+    try:
+        heavy = [FakeJob(rows=4) for _ in range(10)]
+        b.submit(heavy[0], "heavy")
+        assert step.entered.wait(5)  # the first heavy job is running; the rest queue behind it
+        for j in heavy[1:]:
+            b.submit(j, "heavy")
+        light = FakeJob(rows=1)
+        b.submit(light, "light")
+        gate.set()
+        light.future.result(5)
+        for j in heavy:
+            j.future.result(5)
+    finally:
+        b.close(5)
+    first_with_light = next(i for i, call in enumerate(step.calls) if light in call)
+    assert first_with_light <= 2
+
+
+def test_a_client_past_its_cap_gets_queue_full_and_others_still_get_in():
+    gate = threading.Event()
+    b = Batcher(Recorder(gate), max_batch_rows=4, max_wait_s=0.0, queue_size=8, max_per_client=2)
+    b.start()
+    try:
+        mine = [FakeJob(rows=1), FakeJob(rows=1)]
+        for j in mine:
+            b.submit(j, "a")
+        with pytest.raises(QueueFull) as e:
+            b.submit(FakeJob(rows=1), "a")
+        assert e.value.reason == "client_limit"
+        other = FakeJob(rows=1)
+        b.submit(other, "b")  # another client is not held by a's cap
+        gate.set()
+        for j in [*mine, other]:
+            j.future.result(5)
+        b.submit(FakeJob(rows=1), "a")  # a's finished requests free its places
+    finally:
+        b.close(5)

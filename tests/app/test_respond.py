@@ -297,3 +297,44 @@ def test_the_schema_bounds_the_seed_with_an_integer(client):
     for name, field in (("RespondRequest", "seed"), ("ChatCompletionRequest", "seed")):
         seed = next(s for s in schema[name]["properties"][field]["anyOf"] if s.get("type") == "integer")
         assert seed["maximum"] == 2**63 - 2 and isinstance(seed["maximum"], int) and "exclusiveMaximum" not in seed
+
+
+def test_a_client_past_its_cap_gets_429_counted_by_reason(make_client, monkeypatch):
+    """max_per_client with client_header: the proxy's header names the client; the cap refuses that client
+    only, and the metrics count the refusal by reason."""
+    import threading
+
+    import model.decoding
+
+    release = threading.Event()
+    decode = model.decoding.decode
+
+    def held(*args, **kwargs):
+        release.wait(5)
+        return decode(*args, **kwargs)
+
+    with make_client(max_per_client=1, client_header="X-Forwarded-For") as c:
+        monkeypatch.setattr(model.decoding, "decode", held)
+        try:
+            results = {}
+            first = threading.Thread(target=lambda: results.setdefault("a1", c.post(
+                "/respond", json={"context": CTX, "n": 1, "seed": 1}, headers={"X-Forwarded-For": "10.0.0.1"})))
+            first.start()
+            for _ in range(100):  # until the first request is admitted
+                if c.app.state.runtime.engine.batcher.admitted:
+                    break
+                threading.Event().wait(0.02)
+            again = c.post("/respond", json={"context": CTX, "n": 1, "seed": 2},
+                           headers={"X-Forwarded-For": "10.0.0.1, 192.168.0.9"})
+            assert again.status_code == 429 and again.headers["retry-after"] == "1"
+            assert "this client" in again.json()["detail"]
+            release.set()
+            other = c.post("/respond", json={"context": CTX, "n": 1, "seed": 3},
+                           headers={"X-Forwarded-For": "10.0.0.2"})
+            assert other.status_code == 200
+            first.join(10)
+            assert results["a1"].status_code == 200
+        finally:
+            release.set()
+        metrics = c.get("/metrics").text
+        assert 'dialog_rejected_total{reason="client_limit"} 1.0' in metrics
