@@ -63,12 +63,7 @@ def collate(contexts: Sequence[Sequence[Sequence[int]]], flags: Sequence[Sequenc
                   ctx_turns=torch.tensor([len(c) for c in contexts], dtype=torch.long),
                   ctx_flags=torch.from_numpy(ctx_flags))
     if responses is not None:
-        T = max(len(r) for r in responses)
-        resp = np.full((B, T), PAD_ID, dtype=np.int64)
-        for b, r in enumerate(responses):
-            resp[b, :len(r)] = r
-        batch.resp_tokens = torch.from_numpy(resp)
-        batch.resp_lens = torch.tensor([len(r) for r in responses], dtype=torch.long)
+        batch.resp_tokens, batch.resp_lens = padded(responses)
     if topics is not None:
         batch.topic = torch.as_tensor(topics, dtype=torch.long)
     if meta is not None:
@@ -76,13 +71,16 @@ def collate(contexts: Sequence[Sequence[Sequence[int]]], flags: Sequence[Sequenc
     if acts is not None:
         batch.acts = torch.as_tensor(acts, dtype=torch.long)
     if distractors is not None:
-        U = max(len(d) for d in distractors)
-        dist = np.full((B, U), PAD_ID, dtype=np.int64)
-        for b, d in enumerate(distractors):
-            dist[b, :len(d)] = d
-        batch.dist_tokens = torch.from_numpy(dist)
-        batch.dist_lens = torch.tensor([len(d) for d in distractors], dtype=torch.long)
+        batch.dist_tokens, batch.dist_lens = padded(distractors)
     return batch
+
+
+def padded(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids (N, T) padded with PAD_ID, lengths (N,)), long, on the CPU."""
+    out = np.full((len(seqs), max(len(x) for x in seqs)), PAD_ID, dtype=np.int64)
+    for i, x in enumerate(seqs):
+        out[i, :len(x)] = x
+    return torch.from_numpy(out), torch.tensor([len(x) for x in seqs], dtype=torch.long)
 
 
 def context_batch(turn_ids: Sequence[Sequence[Sequence[int]]], dialog_start_id: int, cfg: CVAEConfig) -> Batch:

@@ -59,3 +59,21 @@ def wait_ready(client, timeout: float = 10.0) -> None:
     from harness.server import wait_ready as poll
 
     poll("", timeout, get=client.get)
+
+
+@pytest.fixture
+def empty_rows(monkeypatch):
+    """empty_rows(every=2): from now on every ``every``-th decoded row (1: all) comes out empty."""
+    import model.decoding
+
+    decode = model.decoding.decode
+
+    def install(every: int = 2) -> None:
+        def emptied(*args, **kwargs):
+            out = decode(*args, **kwargs)
+            out.tokens = [[] if i % every == every - 1 else t for i, t in enumerate(out.tokens)]
+            return out
+
+        monkeypatch.setattr(model.decoding, "decode", emptied)
+
+    return install

@@ -383,17 +383,10 @@ def test_metrics_count_the_routes_and_replies(client):
     assert value("dialog_replies_total") >= 2
 
 
-def test_no_reply_is_an_error_not_empty_choices(client, monkeypatch):
+def test_no_reply_is_an_error_not_empty_choices(client, empty_rows):
     """When every candidate comes out empty there is no choice to give: a clear error, never "choices": []
     (clients read choices[0])."""
-    decode = model.decoding.decode
-
-    def all_empty(*args, **kwargs):
-        out = decode(*args, **kwargs)
-        out.tokens = [[] for _ in out.tokens]
-        return out
-
-    monkeypatch.setattr(model.decoding, "decode", all_empty)
+    empty_rows(1)
     e = error(client.post("/v1/chat/completions", json={"model": "tiny", "messages": USER, "n": 2, "seed": 1}), 500)
     assert e["code"] == "no_reply" and e["type"] == "server_error" and "empty" in e["message"]
     r = client.post("/respond", json={"context": CTX, "n": 2, "seed": 1})  # /respond says so in its counts

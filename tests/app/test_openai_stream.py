@@ -158,8 +158,8 @@ def test_client_that_disconnects_cancels_its_request(make_app, monkeypatch):
         futures, decoded = [], []  # each request's future; the futures of the rows of each decode call
         submit, decode = engine.submit_async, engine.pipeline.decode
 
-        async def spy(req):
-            futures.append(await submit(req))
+        async def spy(req, client=""):
+            futures.append(await submit(req, client))
             return futures[-1]
 
         def held(key, rows):
