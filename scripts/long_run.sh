@@ -5,7 +5,9 @@
 # run stopped by SIGTERM (or killed) resumes exactly when the script is started again.
 #   bash scripts/long_run.sh [THREADS]     start or resume (default 1 thread: 2 when nothing else runs)
 #   bash scripts/long_run.sh --report      the run's whole metrics history and curves into docs/results/long-run
-# RUN=DIR picks another folder (default ~/runs/long).
+# RUN=DIR picks another folder (default ~/runs/long). To pause it (for benchmarks, the whole test suite, the end of
+# a session): pkill -TERM -f 'training train --config chat-long' : it finishes the step, writes a checkpoint and
+# exits 143; the note of the session says its step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
