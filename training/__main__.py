@@ -155,6 +155,35 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """A bundle from a run's checkpoint (its last or best weights), while the run may still be training: the
+    run's files are copied aside first, so its folder is only read."""
+    import shutil
+    import tempfile
+
+    from .config import from_dict
+    from .loop import RunError, Trainer
+
+    run = Path(args.run)
+    if not (run / "config.json").is_file() or not (run / "tokenizer.model").is_file():
+        raise RunError(f"{run}: not a run folder (no config.json and tokenizer.model)")
+    if not (run / "checkpoint.safetensors").is_file():
+        raise RunError(f"{run}: no checkpoint to export yet")
+    if args.which == "best" and not (run / "best.safetensors").is_file():
+        raise RunError(f"{run}: no best.safetensors yet (no validation has run)")
+    cfg = from_dict(json.loads((run / "config.json").read_text()))
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        for name in ("config.json", "tokenizer.model", "checkpoint.safetensors", "best.safetensors"):
+            if (run / name).is_file():
+                shutil.copy2(run / name, Path(tmp) / name)
+        trainer = Trainer(cfg, tmp)
+        trainer.prepare()  # the data (lexicon, reply model, label vocabularies) and the checkpoint's weights
+        trainer.export(Path(args.out), which=args.which)
+    logging.getLogger("training").info("exported %s weights of %s at step %d to %s", args.which, run,
+                                       trainer.step, args.out)
+    return 0
+
+
 def _scaling(args: argparse.Namespace) -> int:
     from .report import ReportError
     from .report.scaling import scaling
@@ -285,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("ratings", nargs="+", help="one ratings JSON file per rater")
     hc.add_argument("--out", type=out_file, help="write the scores as JSON here (and a .md table beside it)")
     h.set_defaults(func=_humaneval)
+
+    ex = sub.add_parser("export", help="a bundle from a run's checkpoint, last or best weights (the run may be "
+                                       "training: its folder is only read)")
+    ex.add_argument("--run", required=True, help="the run folder")
+    ex.add_argument("--which", choices=["last", "best"], default="best",
+                    help="the checkpoint's weights (last) or the lowest validation ELBO's (best, the default)")
+    ex.add_argument("--out", required=True, type=out_dir, help="the bundle folder to write")
+    ex.set_defaults(func=_export)
 
     sc = sub.add_parser("scaling", help="the scaling probe's report: validation ELBO against training CPU time, "
                                         "fitted and extrapolated to a budget")

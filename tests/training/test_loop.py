@@ -332,3 +332,19 @@ def test_init_from_starts_a_new_run_from_a_bundles_weights(synthetic_corpus, tmp
     assert train_cli(synthetic_corpus, other, "train.steps=1", "model.latent_dim=4",
                      f"train.init_from={first / 'bundle'}") == 2  # another model: refused, one line
     assert train_cli(synthetic_corpus, tmp_path / "none", "train.init_from=/nonexistent") == 2
+
+
+def test_export_writes_a_bundle_from_a_runs_checkpoint_and_leaves_the_run_alone(synthetic_corpus, tmp_path):
+    """The long run's snapshots for blind rounds: a bundle of its best or last weights while it trains."""
+    run = tmp_path / "run"
+    assert train_cli(synthetic_corpus, run, "train.steps=24", "train.export=last") == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert cli(["export", "--run", str(run), "--which", "last", "--out", str(tmp_path / "last")]) == 0
+    assert cli(["export", "--run", str(run), "--out", str(tmp_path / "best")]) == 0
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # the run was only read
+    last, shipped = load_bundle(tmp_path / "last"), load_bundle(run / "bundle")
+    a, b = last.model.state_dict(), shipped.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the run's own export at its last step
+    best = load_bundle(tmp_path / "best")
+    assert best.extra["training"]["selected_by"] == "lowest validation ELBO"
+    assert cli(["export", "--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # not a run folder
