@@ -97,8 +97,8 @@ class Counted(ReplyPipeline):
     def encode(self, jobs: Any) -> None:
         with self.stage("encode"):
             super().encode(jobs)
-        self.work["context_tokens"] += sum(len(t) + 2 for j in jobs for t in j.turn_ids[-self.bundle.config.max_context_turns:])
-        self.work["context_turns"] += sum(min(len(j.turn_ids) + 1, self.bundle.config.max_context_turns) for j in jobs)
+        self.work["context_tokens"] += sum(len(t) for j in jobs for t in j.context[0])  # what the encoder reads
+        self.work["context_turns"] += sum(len(j.context[0]) for j in jobs)
 
     def rows(self, job: Any) -> Any:
         with self.stage("latents"):

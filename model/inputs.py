@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .config import BOS_ID, EOS_ID, PAD_ID, CVAEConfig
+from .config import BOS_ID, EOS_ID, PAD_ID
 from .cvae import CVAE, Batch
 
 if TYPE_CHECKING:
@@ -83,20 +83,16 @@ def padded(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(out), torch.tensor([len(x) for x in seqs], dtype=torch.long)
 
 
-def context_batch(turn_ids: Sequence[Sequence[Sequence[int]]], dialog_start_id: int, cfg: CVAEConfig) -> Batch:
-    """The Batch (CPU) of replies to be made to several dialogs, each given as its turns' piece ids from its
-    start (see :func:`serving_context`)."""
-    built = [serving_context(ids, dialog_start_id, cfg.max_context_turns, cfg.max_utt_len) for ids in turn_ids]
-    return collate([t for t, _ in built], [f for _, f in built])
+Context = tuple[list[list[int]], list[int]]  # what serving_context builds: the wrapped turns and their flags
 
 
-def condition(model: CVAE, turn_ids: Sequence[Sequence[Sequence[int]]],
-              dialog_start_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The condition c (N, cond_dim) of each dialog (its turns' piece ids) and its prior p(z | c): mean and
-    standard deviation (N, Z) each. One call encodes them together (a row's values round with the batch's
+def condition(model: CVAE, contexts: Sequence[Context]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The condition c (N, cond_dim) of each built context (:func:`serving_context`) and its prior p(z | c): mean
+    and standard deviation (N, Z) each. One call encodes them together (a row's values round with the batch's
     shape)."""
     device = next(model.parameters()).device
-    cond = model.encode(context_batch(turn_ids, dialog_start_id, model.cfg).to(device))  # (N, cond_dim)
+    batch = collate([t for t, _ in contexts], [f for _, f in contexts]).to(device)
+    cond = model.encode(batch)  # (N, cond_dim)
     mu, logvar = model.prior(cond)  # (N, Z) each
     return cond, mu, (0.5 * logvar).exp()
 
@@ -107,6 +103,7 @@ def encode_contexts(bundle: "Bundle", contexts: Sequence[Sequence[str]]) -> tupl
     service does."""
     from .text import normalize
 
-    tok = bundle.tokenizer
-    ids = [tok.encode_batch([normalize(t, bundle.text_style) for t in turns]) for turns in contexts]
-    return condition(bundle.model, ids, tok.dialog_start_id)
+    tok, cfg = bundle.tokenizer, bundle.config
+    built = [serving_context(tok.encode_batch([normalize(t, bundle.text_style) for t in turns]),
+                             tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len) for turns in contexts]
+    return condition(bundle.model, built)

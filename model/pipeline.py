@@ -32,7 +32,7 @@ from . import decoding
 from . import rerank as rr
 from .bundle import Bundle
 from .config import BOS_ID, PAD_ID, UNK_ID
-from .inputs import condition, serving_context
+from .inputs import Context, condition, serving_context
 from .lexicon import PieceConstraint
 from .text import detokenize, normalize, reply_key
 
@@ -153,6 +153,7 @@ class ReplyJob:
 
     req: GenerationRequest
     turn_ids: list[list[int]]
+    context: Context  # what the model reads of the dialog (model.inputs.serving_context)
     seed: int
     n: int
     key: DecodeKey
@@ -334,11 +335,11 @@ class ReplyPipeline:
         seed = secrets.randbelow(SEED_MOD) if req.seed is None else int(req.seed) % SEED_MOD
         tok, cfg = self.bundle.tokenizer, self.bundle.config
         turn_ids = tok.encode_batch(turns)
-        context, _ = serving_context(turn_ids, tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
+        context = serving_context(turn_ids, tok.dialog_start_id, cfg.max_context_turns, cfg.max_utt_len)
         tau = None if req.latents is not None else (
             s.latent_temperature if req.latent_temperature is None else req.latent_temperature)
-        job = job_type(req=req, turn_ids=turn_ids, seed=seed, n=n, key=key, rerank=do_rerank,
-                       latent_temperature=tau, prompt_tokens=sum(len(t) for t in context))
+        job = job_type(req=req, turn_ids=turn_ids, context=context, seed=seed, n=n, key=key, rerank=do_rerank,
+                       latent_temperature=tau, prompt_tokens=sum(len(t) for t in context[0]))
         job.pending = list(range(rows))
         job.next_index = rows
         # redraw rounds: when fewer than n usable replies are left after dropping empty ones (always: one is never
@@ -350,8 +351,7 @@ class ReplyPipeline:
     @torch.inference_mode()
     def encode(self, jobs: Sequence[ReplyJob]) -> None:
         """The condition and the prior of each job's context, in one call."""
-        tok = self.bundle.tokenizer
-        cond, mu, std = condition(self.bundle.model, [j.turn_ids for j in jobs], tok.dialog_start_id)
+        cond, mu, std = condition(self.bundle.model, [j.context for j in jobs])
         for i, job in enumerate(jobs):
             job.cond, job.mu, job.std = cond[i:i + 1], mu[i:i + 1], std[i:i + 1]
 

@@ -192,11 +192,11 @@ def _scaling(args: argparse.Namespace) -> int:
     for item in args.seconds_per_step:
         name, _, value = item.partition("=")
         try:
-            sps[name] = float(value)
-        except ValueError:
-            sps[name] = float("nan")
-        if not name or not (0 < sps[name] < float("inf")):
-            raise ReportError(f"--seconds-per-step takes RUN=SECONDS with SECONDS above 0, got {item!r}")
+            sps[name] = float_in(0, sys.float_info.max, above=True)(value)  # finite and above 0
+        except argparse.ArgumentTypeError:
+            raise ReportError(f"--seconds-per-step takes RUN=SECONDS with SECONDS above 0, got {item!r}") from None
+        if not name:
+            raise ReportError(f"--seconds-per-step takes RUN=SECONDS, got {item!r}")
     scaling([Path(d) for d in args.runs], Path(args.out), args.budget_cpu_hours, sps or None)
     return 0
 

@@ -155,7 +155,7 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
         log.warning("%d of %d contexts skipped: the service would refuse them (%s)", len(skipped), len(items),
                     skipped[0]["reason"])
     items = rated
-    generic = _training_generic(bundle)
+    generic = training_generic(bundle)
     res = measure(items, generic)
     res.update({"skipped": len(skipped), "skipped_contexts": skipped, "bundle": str(bundle_dir), "bundle_name": bundle.name, "bundle_sha256": bundle.sha256,
                 "corpus": corpus, "split": split, "n": n, "seed": seed, "rerank": rerank, "lexicon": lexicon,
@@ -172,7 +172,7 @@ def quality(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "te
     return res
 
 
-def _training_generic(bundle: Any) -> set[str] | None:
+def training_generic(bundle: Any) -> set[str] | None:
     from .data import CorpusError, bundle_sources, read_sources
 
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,7 @@ def retrieval(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "
     from model.text import normalize
 
     from .data import CorpusError, Source, bundle_sources, read_sources
-    from .quality import _training_generic, contexts_of, measure
+    from .quality import training_generic, contexts_of, measure
 
     bundle = load_bundle(bundle_dir)
     train = read_sources(bundle_sources(bundle.extra.get("data", {})), "train")
@@ -120,7 +119,7 @@ def retrieval(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "
     for it in items:
         it["replies"] = [normalize(r, bundle.text_style) for r in retriever.respond(it["context"], n)]
         it["finish"] = ["eos"] * len(it["replies"])
-    res = measure(items, _training_generic(bundle))
+    res = measure(items, training_generic(bundle))
     res.update({"system": "retrieval (BM25 over the bundle's training turns, replies that followed)",
                 "bundle": str(bundle_dir), "bundle_name": bundle.name, "corpus": corpus, "split": split, "n": n,
                 "seed": seed, "index_turns": len(retriever.turns),
@@ -131,6 +130,4 @@ def retrieval(bundle_dir: str | Path, corpus: str, data_dir: str, split: str = "
         with open(samples_out, "w") as f:
             for it in items:
                 f.write(json.dumps(it) + "\n")
-    if not math.isfinite(res["mean_len"]):
-        res["mean_len"] = None
     return res
