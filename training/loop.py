@@ -69,6 +69,21 @@ def load_split(cfg: RunConfig, split: str) -> list:
     return dialogs[:limit] if limit else dialogs
 
 
+def check_elastic_env(env) -> None:
+    """Refuse the one torch elastic set-up whose restarts cannot work: agents on several nodes sharing the
+    rendezvous store with the workers (torch's default). Each agent counts its restarts alone, so after a
+    worker dies the ranks' counts, which scope the workers' keys in that shared store, disagree and a new
+    worker reads the dead one's address: the process group never forms (gloo connectFullMesh or NCCL
+    connect times out; pytorch/pytorch#135712). With TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 given to the
+    launcher, each rendezvous round gets a store of its own and restarts resume from the checkpoint."""
+    world, local = int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", 1)))
+    restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS", 0) or 0)
+    if world > local and restarts > 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise RunError("torchrun on several nodes with --max-restarts needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                       "in the launcher's environment (on every node): with the shared store a restarted worker "
+                       "cannot rejoin (pytorch/pytorch#135712); docs/deploy.md, training on several nodes")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | Path):
         self.cfg = cfg
@@ -90,6 +105,7 @@ class Trainer:
                 self.device = torch.device("cuda", local)
                 torch.cuda.set_device(self.device)
             if not dist.is_initialized():
+                check_elastic_env(os.environ)
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -201,22 +217,36 @@ class Trainer:
         inside a rotation leaves where hard links are not supported)."""
         return self.ckpt_path.exists() or ckpt.previous(self.ckpt_path).exists()
 
+    def _rng_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """This process's random generators, as checkpoint tensors and metadata."""
+        tensors = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, cached)
+        return tensors, {"rng_python": repr(random.getstate()),
+                         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+
     def _save(self) -> None:
+        # Every rank's generators, not rank 0's alone: the ranks draw different amounts (dropout masks follow
+        # their batches' shapes), so a resume with rank 0's state everywhere would not continue exactly.
+        rng_t, rng_meta = self._rng_state()
+        ranks: list[Any] = [(rng_t, rng_meta)]
+        if self.world > 1:
+            ranks = [None] * self.world
+            dist.all_gather_object(ranks, ({k: v.cpu() for k, v in rng_t.items()}, rng_meta))
         if not self.is_main:
             return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_t, opt_meta = ckpt.optimizer_state(self.opt)
         tensors.update(opt_t)
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, cached)
+        tensors.update(rng_t)
+        for r, (t, _) in enumerate(ranks[1:], 1):
+            tensors.update({f"{k}.rank{r}": v for k, v in t.items()})
         cpu_s, wall_s = self._clock()
         meta = {"step": self.step, "cursor": self.cursor, "best": self.best, "optimizer": opt_meta,
                 "cpu_s": cpu_s, "wall_s": wall_s,
                 "world": self.world, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
-                "rng_python": repr(random.getstate()),
-                "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+                **rng_meta, "rng_ranks": [m for _, m in ranks[1:]]}
         ckpt.save(self.ckpt_path, tensors, meta)
 
     def _resume(self) -> None:
@@ -238,11 +268,14 @@ class Trainer:
             ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise ckpt.CheckpointError(f"{path}: does not fit this model: {e}") from None
-        torch.set_rng_state(tensors["rng.torch"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        random.setstate(ast.literal_eval(meta["rng_python"]))
-        ns = meta["rng_numpy"]
+        # This rank's generators (a checkpoint written before they were kept per rank has rank 0's alone).
+        own = meta.get("rng_ranks") or []
+        suffix, rng_meta = (f".rank{self.rank}", own[self.rank - 1]) if 0 < self.rank <= len(own) else ("", meta)
+        torch.set_rng_state(tensors["rng.torch" + suffix])
+        if self.device.type == "cuda" and "rng.cuda" + suffix in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda" + suffix], self.device)
+        random.setstate(ast.literal_eval(rng_meta["rng_python"]))
+        ns = rng_meta["rng_numpy"]
         np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
         self.step, self.cursor, self.best = meta["step"], meta["cursor"], meta["best"]
         self.cpu_s, self.wall_s = meta.get("cpu_s", 0.0), meta.get("wall_s", 0.0)

@@ -21,7 +21,7 @@ from tests.deploy.kustomize import KustomizeError, build, split_image, strategic
 kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev dependency (make install-dev)")
 
 K8S = REPO / "deploy" / "k8s"
-KUSTOMIZATIONS = ["base", "overlays/gpu", "overlays/bundle-volume", "overlays/training"]
+KUSTOMIZATIONS = ["base", "overlays/gpu", "overlays/bundle-volume", "overlays/training", "overlays/training-multinode"]
 API_KUSTOMIZATIONS = ["base", "overlays/gpu", "overlays/bundle-volume"]
 # Manifests applied on their own (kubectl apply -f), outside any kustomization.
 STANDALONE = ["overlays/training/shell.yaml"]
@@ -407,6 +407,49 @@ def test_training_job_runs_the_training_cli_and_resumes_from_its_volume():
     # An evicted or preempted pod does not count against backoffLimit: the next one resumes.
     ignore = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert ignore in spec["podFailurePolicy"]["rules"]
+
+
+def multinode_torchrun_argv() -> tuple[list[str], dict[str, str]]:
+    """The multi-node overlay's torchrun command line with its variables expanded, and the container's env."""
+    docs = build(K8S / "overlays/training-multinode")
+    c, argv = _job_argv(docs)
+    return argv, {k: str(v) for k, v in container_env(docs, c).items()}
+
+
+def test_multinode_training_overlay_meets_at_pod_zero_through_a_headless_service():
+    from training.__main__ import build_parser
+
+    docs = build(K8S / "overlays/training-multinode")
+    job = one(docs, "Job", "cvae-dialog-train")
+    argv, env = multinode_torchrun_argv()
+    flags = dict(a[2:].split("=", 1) for a in argv[1:argv.index("-m")])
+    assert argv[0] == "torchrun" and "standalone" not in flags
+    nnodes = int(flags["nnodes"])
+    # One pod per node, all at once (the agents wait for each other), each named by its index.
+    spec = job["spec"]
+    assert nnodes >= 2 and spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == nnodes
+    # The endpoint is pod 0 under the headless Service, which publishes it before it is ready.
+    host, port = flags["rdzv-endpoint"].rsplit(":", 1)
+    svc = one(docs, "Service", "cvae-dialog-train-rdzv")
+    assert host == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert pod_spec(job)["subdomain"] == svc["metadata"]["name"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    c = container(job, "train")
+    assert {"name": "rdzv", "containerPort": int(port), "protocol": "TCP"} in c["ports"]
+    assert svc["spec"]["ports"][0]["port"] == int(port) and svc["spec"]["ports"][0]["targetPort"] == "rdzv"
+    # Restarts that can work (training.loop.check_elastic_env refuses the shared store with restarts).
+    assert flags["rdzv-backend"] == "c10d" and int(flags["max-restarts"]) >= 1
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert build_parser().parse_args(argv[argv.index("-m") + 2:]).command == "train"
+    # Every pod mounts the same run folder and corpora: claims that mount on several nodes.
+    for claim in ("cvae-dialog-runs", "cvae-dialog-data"):
+        assert one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    # No other pod is selected by the rendezvous Service, and the API's Service does not select these pods.
+    api = one(build(K8S / "base"), "Service", "cvae-dialog")
+    assert not api["spec"]["selector"].items() <= labels.items()
 
 
 def test_bundle_volume_serves_what_the_training_job_exported(monkeypatch: pytest.MonkeyPatch):
