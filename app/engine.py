@@ -37,13 +37,13 @@ from model import rerank as reranking
 from model.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from model.files import pick_device
 from model.pipeline import (SEED_MOD, DecodeKey, GenerationRequest, InputError, Limits, Reply, ReplyJob,
-                            ReplyPipeline, ReplySettings, Result, Row)
+                            ReplyPipeline, ReplySettings, Result, Row, TextDelta)
 from model.quantize import quantize_decoder
 
 from .batching import Batcher, EngineClosed, Observer, QueueFull
 
-__all__ = ["Engine", "GenerationRequest", "Reply", "Result", "InputError", "QueueFull", "EngineClosed",
-           "Observer", "pick_device", "SEED_MOD"]
+__all__ = ["Engine", "GenerationRequest", "Reply", "Result", "TextDelta", "InputError", "QueueFull",
+           "EngineClosed", "Observer", "pick_device", "SEED_MOD"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class Job(ReplyJob):
     future: Future[Result] = field(default_factory=Future)
     t_submit: float = 0.0
     t_start: float | None = None
+
+    def abandoned(self) -> bool:
+        return self.future.done()  # cancelled (its caller left or timed out) or failed: nobody waits for its rows
 
 
 class Engine:

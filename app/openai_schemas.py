@@ -104,11 +104,15 @@ class ChatRequestBase(BaseModel):
     user: str | None = Field(None, max_length=256, description="accepted and not used (not logged)")
     stream: bool | None = Field(
         False, description="true: the response is an event stream (text/event-stream) of chat.completion.chunk "
-                           "objects ending in data: [DONE]. It starts once the request's replies are complete: "
-                           "reranking chooses among complete candidates, and without it the engine still decodes "
-                           "a request's rows in batched calls and returns them together; then each choice comes "
-                           "as its role, its whole text in one content delta, and its finish_reason. Errors "
-                           "are the same JSON errors, with the same statuses, as without streaming")
+                           "objects ending in data: [DONE]. With reranking (the default) it starts once the "
+                           "replies are chosen, since the choice needs every complete candidate: each choice "
+                           "comes as its role, its whole text in one content delta and its finish_reason, and "
+                           "every error is the same JSON error, with the same status, as without streaming. With "
+                           "rerank false the tokens stream as they are decoded: a choice starts with its first "
+                           "words (choices numbered in the order they start; repeated replies are not replaced), "
+                           "its text comes in several content deltas, and the request's extensions come in the "
+                           "last finish_reason chunk; an error before the first words is the JSON error, one "
+                           "after it (the time limit) an error event that ends the stream")
     stream_options: StreamOptions | None = Field(None, description="only with stream: true")
     # OpenAI parameters accepted only at their neutral value
     frequency_penalty: float | None = Field(None, allow_inf_nan=False, description="only 0")
@@ -261,10 +265,11 @@ class ChatCompletionChunk(BaseModel):
                                                    "chunk")
     usage: Usage | None = Field(None, description="only with stream_options.include_usage: null in every chunk "
                                                   "but the last, which carries it with choices []")
-    seed: int | None = Field(None, description="extension, in the first chunk: the request's seed")
-    candidates: int | None = Field(None, description="extension, in the first chunk")
-    decoding: Decoding | None = Field(None, description="extension, in the first chunk")
-    ignored_messages: list[int] | None = Field(None, description="extension, in the first chunk")
+    seed: int | None = Field(None, description="extension, in the first chunk (when tokens stream, rerank false: "
+                                               "in the last finish_reason chunk): the request's seed")
+    candidates: int | None = Field(None, description="extension, with seed")
+    decoding: Decoding | None = Field(None, description="extension, with seed")
+    ignored_messages: list[int] | None = Field(None, description="extension, with seed")
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ share the batch (up to floating-point effects of the batch shape on matrix produ
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,7 +80,7 @@ class Decoded:
     tokens: list[list[int]]  # without <s> and </s>
     logprob: list[float]  # sum of log p(token) under the model, </s> included when emitted
     n_scored: list[int]  # tokens in that sum
-    finish_reason: list[str]  # "eos" or "length"
+    finish_reason: list[str]  # "eos", "length", or "cancelled" (stopped by the step hook)
 
     @property
     def score(self) -> list[float]:
@@ -91,7 +92,8 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
            strategy: Strategy = "greedy", temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, uniforms: torch.Tensor | None = None,
            banned: tuple[int, ...] = (PAD_ID, UNK_ID, BOS_ID),
-           constraint: PieceConstraint | None = None) -> Decoded:
+           constraint: PieceConstraint | None = None,
+           step_hook: Callable[[list[int], list[int]], Collection[int]] | None = None) -> Decoded:
     """Decode each row of (cond (B, Dc), z (B, Z)) until </s> or ``max_len`` tokens.
 
     ``banned`` ids are never emitted (padding, unknown, start; callers add the dialog marker).
@@ -100,6 +102,9 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
     scores stay the model's own log-probabilities (of the unconstrained distribution).
     Finished rows leave the batch, so the work tracks the rows still running. Each step reads the device once
     (the chosen tokens with their log-probabilities, see benchmarks/decode_step.py).
+    ``step_hook(rows, tokens)``, when given, sees each step's running rows and the token each chose (</s>
+    included) and returns the rows to stop now: they leave the batch with finish reason "cancelled" and that
+    token not added (the engine drops the rows of a request nobody waits for; streaming reads the tokens).
     """
     banned_t = torch.tensor(sorted(set(banned)), dtype=torch.long, device=cond.device)
     B = cond.shape[0]
@@ -135,9 +140,14 @@ def decode(model: CVAE, cond: torch.Tensor, z: torch.Tensor, max_len: int,
         # One read from the device per step: the tokens (exact as float64) with their log-probabilities. The
         # finished rows must be known now anyway: the constraint advances per token, and a finished row
         # leaves the batch at once (a later exit would change the batch shapes, and with them the rounding).
-        toks, lps = torch.stack((nxt.double(), chosen.double())).cpu().tolist()
+        toks_f, lps = torch.stack((nxt.double(), chosen.double())).cpu().tolist()
+        toks = [int(x) for x in toks_f]
+        stop = step_hook(rows, toks) if step_hook is not None else ()
         keep = []
-        for j, (row, tok, lp) in enumerate(zip(rows, map(int, toks), lps)):
+        for j, (row, tok, lp) in enumerate(zip(rows, toks, lps)):
+            if row in stop:
+                finish[row] = "cancelled"
+                continue
             logprob[row] += lp
             n_scored[row] += 1
             if tok == EOS_ID:

@@ -13,6 +13,12 @@ describes what the service says (tests/app/test_parity.py pins it).
     choose   reranked: n of the candidates by relevance and diversity (model.rerank); else the n     ReplyJob.result
              samples by score; best first either way
 
+Token streaming (``GenerationRequest.on_text``, reranking off): each reply's text goes to the callback as it is
+decoded, in :class:`TextDelta` pieces (what :func:`model.text.settled_prefix` says is final), the choices
+numbered in the order they start writing; a row whose reply comes out empty never starts a choice and is
+replaced as usual, repeated replies are kept (a choice already sent is never withdrawn), and the result lists
+the replies in choice order. With reranking the choice needs every candidate, so nothing streams.
+
 Seeds: row i of a request with seed s uses s_i = (s + i) mod (2**63 - 1) for its latent noise and its
 sampling uniforms (model.decoding), so a reply depends only on (context, s_i) and carries s_i as its seed: the
 same request with that seed, n = 1 and reranking off replays it. A caller that batches rows of several
@@ -22,7 +28,8 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -31,12 +38,13 @@ import torch
 from . import decoding
 from . import rerank as rr
 from .bundle import Bundle
-from .config import BOS_ID, PAD_ID, UNK_ID
+from .config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from .inputs import Context, condition, serving_context
 from .lexicon import PieceConstraint
-from .text import detokenize, normalize, reply_key
+from .text import detokenize, normalize, reply_key, settled_prefix
 
 SEED_MOD = decoding.SEED_MOD
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -93,6 +101,18 @@ class GenerationRequest:
     return_latents: bool = False
     rerank: bool | None = None  # None: the settings' rerank
     candidates: int | None = None  # rows decoded when reranking; None: candidates_per_reply x n
+    # reranking off: each reply's text as it is decoded (module docstring); called on the decoding thread
+    on_text: Callable[["TextDelta"], None] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of a streamed reply: ``text`` extends choice ``choice``; the choice's last piece carries its
+    finished ``reply`` (its whole text is then the pieces joined)."""
+
+    choice: int
+    text: str
+    reply: "Reply | None" = None
 
 
 @dataclass
@@ -171,10 +191,20 @@ class ReplyJob:
     cond: torch.Tensor | None = None  # (1, cond_dim)
     mu: torch.Tensor | None = None  # (1, Z)
     std: torch.Tensor | None = None  # (1, Z)
+    choice_of: dict[int, int] = field(default_factory=dict)  # token streaming: row index -> its choice
 
     @property
     def pending_rows(self) -> int:
         return len(self.pending)
+
+    @property
+    def streams_tokens(self) -> bool:
+        return self.req.on_text is not None and not self.rerank
+
+    def abandoned(self) -> bool:
+        """Whether nobody waits for this job any more (the engine's jobs: cancelled): its rows stop at the next
+        decode step."""
+        return False
 
     def row_seed(self, index: int) -> int:
         return (self.seed + index) % SEED_MOD
@@ -188,10 +218,10 @@ class ReplyJob:
             k = reply_key(r.text, style)
             if not k:  # an empty reply is never a reply
                 self.empty += 1
-            elif self.req.dedupe and k in self.seen:
+            elif self.req.dedupe and not self.streams_tokens and k in self.seen:
                 self.duplicates += 1
             else:
-                self.seen.add(k if self.req.dedupe else f"{k}\x00{r.sample_index}")
+                self.seen.add(k if self.req.dedupe and not self.streams_tokens else f"{k}\x00{r.sample_index}")
                 kept.append(r)
         self.replies = self.replies[:before] + kept
         usable = sum(r.finish_reason == "eos" for r in self.replies) if self.rerank else len(self.replies)
@@ -222,6 +252,8 @@ class ReplyJob:
                 if sc.coherence is not None:
                     r.ranking["coherence"] = sc.coherence
                 replies.append(r)
+        elif self.streams_tokens:
+            replies = sorted(self.replies, key=lambda r: self.choice_of[r.sample_index])[:self.n]
         else:
             replies = sorted(self.replies, key=lambda r: (-r.score, r.sample_index))[:self.n]
         result = Result(replies=replies, n_requested=self.n, n_returned=len(replies),
@@ -231,6 +263,48 @@ class ReplyJob:
             result.prior = {"mean": self.mu[0].float().cpu().tolist(), "std": self.std[0].float().cpu().tolist(),
                             "latent_temperature": self.latent_temperature}
         return result
+
+
+class _TextStreams:
+    """The step hook of one decode call (model.decoding.decode): stops the rows of abandoned jobs, and sends
+    the text of the rows of token-streaming jobs as it settles (module docstring)."""
+
+    def __init__(self, rows: Sequence[Row], bundle: Bundle):
+        self.jobs = list(dict.fromkeys(r.job for r in rows))
+        self.job_of = [self.jobs.index(r.job) for r in rows] if len(self.jobs) > 1 else [0] * len(rows)
+        self.rows = rows
+        self.tok, self.style = bundle.tokenizer, bundle.text_style
+        self.tokens: dict[int, list[int]] = {j: [] for j, r in enumerate(rows) if r.job.streams_tokens}
+        self.sent: dict[int, str] = dict.fromkeys(self.tokens, "")
+
+    def step(self, running: list[int], toks: list[int]) -> set[int]:
+        gone = {k for k, job in enumerate(self.jobs) if job.abandoned()}
+        stop = {j for j in running if self.job_of[j] in gone} if gone else set()
+        for j, t in zip(running, toks):
+            if j in self.tokens and j not in stop:
+                if t != EOS_ID:
+                    self.tokens[j].append(t)
+                text = detokenize(self.tok.decode(self.tokens[j]), self.style)
+                # at </s> the whole text, at once: the finish (with the score) follows when the call ends
+                self._send(j, text if t == EOS_ID else settled_prefix(text, self.style))
+        return stop
+
+    def _send(self, j: int, text: str, reply: Reply | None = None) -> None:
+        job, idx, sent = self.rows[j].job, self.rows[j].sample, self.sent[j]
+        if idx not in job.choice_of:
+            if not reply_key(text, self.style):  # nothing to say yet (or ever: an empty reply is replaced)
+                return
+            job.choice_of[idx] = len(job.choice_of)
+        if not text.startswith(sent):  # never, by settled_prefix's contract (tests/model/test_text.py)
+            log.error("streamed text %r is not a prefix of %r; sending no more of it", sent, text)
+            text = sent
+        self.sent[j] = text
+        if len(text) > len(sent) or reply is not None:
+            assert job.req.on_text is not None
+            job.req.on_text(TextDelta(job.choice_of[idx], text[len(sent):], reply))
+
+    def finish(self, j: int, reply: Reply) -> None:
+        self._send(j, reply.text, reply)
 
 
 def _sampling_only(req: GenerationRequest) -> list[str]:
@@ -376,9 +450,15 @@ class ReplyPipeline:
         cond = torch.cat([r.job.cond for r in rows])  # type: ignore[misc]  # (B, cond_dim)
         z = torch.stack([r.z for r in rows])  # (B, Z)
         u = torch.stack([r.u for r in rows]) if key.strategy == "sample" else None  # type: ignore[misc]
+        streams = _TextStreams(rows, self.bundle)
         out = decoding.decode(self.bundle.model, cond, z, key.max_len, strategy=key.strategy,  # type: ignore[arg-type]
                               temperature=key.temperature, top_k=key.top_k, top_p=key.top_p, uniforms=u,
-                              banned=self.banned, constraint=self.constraint)
+                              banned=self.banned, constraint=self.constraint, step_hook=streams.step)
+        live = [j for j in range(len(rows)) if out.finish_reason[j] != "cancelled"]
+        if len(live) < len(rows):  # rows of abandoned jobs stopped early: nothing of theirs is kept
+            rows, cond = [rows[j] for j in live], cond[live]
+        out = decoding.Decoded(*([getattr(out, f)[j] for j in live]
+                                 for f in ("tokens", "logprob", "n_scored", "finish_reason")))
         ranked = [j for j, r in enumerate(rows) if r.job.rerank]
         null_of = dict(zip(ranked, self.anti_lm.logprob([out.tokens[j] for j in ranked]))) if ranked else {}
         sel_of: dict[int, float] = {}
@@ -386,12 +466,15 @@ class ReplyPipeline:
             sel_of = dict(zip(ranked, self.bundle.model.coherence(cond[ranked], [out.tokens[j] for j in ranked])))
         style, tok = self.bundle.text_style, self.bundle.tokenizer
         for j, (job, idx, zrow, _) in enumerate(rows):
-            job.replies.append(Reply(
+            reply = Reply(
                 text=detokenize(tok.decode(out.tokens[j]), style), score=float(out.score[j]),
                 tokens=len(out.tokens[j]), finish_reason=out.finish_reason[j], sample_index=idx,
                 seed=None if job.req.latents is not None else job.row_seed(idx),
                 latent=zrow.float().cpu().tolist() if job.req.return_latents else None,
-                logprob_null=null_of.get(j), selection=sel_of.get(j), n_scored=out.n_scored[j]))
+                logprob_null=null_of.get(j), selection=sel_of.get(j), n_scored=out.n_scored[j])
+            job.replies.append(reply)
+            if job.streams_tokens:
+                streams.finish(live[j], reply)
 
     def end_round(self, job: ReplyJob) -> bool:
         return job.end_round(self.bundle.text_style)

@@ -203,3 +203,25 @@ def reply_key(text: str, style: str) -> str:
     """What makes two replies the same for deduplication: normalised, case-folded, white space collapsed
     ("" for an empty reply)."""
     return " ".join(normalize(text, style).casefold().split())
+
+
+_WORD = re.compile(r"\S+")
+
+
+def settled_prefix(text: str, style: str) -> str:
+    """The part of ``text``, what :func:`detokenize` gives for a reply still being decoded, that the rest of
+    the reply cannot change, so that streaming may send it: all but the last two words (the last may still
+    grow; punctuation or a contraction joins the next to the one before), without the white space after it;
+    in the styles whose detokenising pairs quotes (all but ``chat`` and ``swda``) nothing from the first quote
+    mark on, since a later quote changes the spaces around an earlier one. The whole reply's text starts with
+    it (tests/model/test_text.py)."""
+    _check_style(style)
+    words = list(_WORD.finditer(text))
+    if len(words) < 3:
+        return ""
+    end = words[-3].end()
+    if style not in ("chat", "swda"):  # detokenize pairs quotes (model.text._dailydialog)
+        quotes = [i for i in (text.find("'"), text.find('"')) if i >= 0]
+        if quotes:
+            end = min(end, min(quotes))
+    return text[:end].rstrip()

@@ -15,24 +15,29 @@ chosen by blind rating (docs/quality.md), is greedy over latent codes sampled fr
 
 Either way the n choices differ through their latent codes (latent_temperature, an extension) and reranking.
 
-Streaming (``stream: true``, :func:`stream_chunks`): the same completion as chat.completion.chunk events. The
-stream starts once the request's replies are complete, since reranking chooses among complete candidates and
-the engine returns a request's rows together (it decodes them in batched calls); so every error, the 504 of
-the time limit and the 500 of no reply included, is the same JSON error as without streaming. A client that
-disconnects before then cancels its request (:func:`unless_disconnected`): the engine drops its rows.
+Streaming (``stream: true``): the same completion as chat.completion.chunk events. With reranking (the
+default) the stream starts once the replies are chosen, since the choice needs every complete candidate
+(:func:`stream_chunks`), so every error, the 504 of the time limit and the 500 of no reply included, is the
+same JSON error as without streaming. With reranking off the tokens stream as they are decoded
+(:func:`token_events`, model.pipeline's token streaming): the response starts with the first words of a
+choice, every error before then is the JSON error, and one after it (the time limit) is an ``error`` event
+that ends the stream. A client that disconnects cancels its request (:func:`unless_disconnected`, and the
+stream's end): the engine stops its rows at the next decode step.
 """
 # No `from __future__ import annotations`: FastAPI must see the per-app Body class itself, not its name.
 import asyncio
+import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar, cast
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..engine import Engine, GenerationRequest, InputError, Result
-from ..errors import OpenAIError
+from ..engine import Engine, GenerationRequest, InputError, Result, TextDelta
+from ..errors import OpenAIError, openai_error
 from ..openai_schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatMessageBase, ChatRequestBase,
                               Choice, Decoding, ErrorBody, ModelCard, ModelList, Usage, inline_schema)
 from ..runtime import Runtime, RuntimeDep
@@ -57,6 +62,7 @@ STREAMED: dict[int | str, dict[str, Any]] = {200: {
     "content": {"text/event-stream": {"schema": inline_schema(ChatCompletionChunk)}}}}
 CLIENT_GONE = 499  # the status logged and counted for a request whose client disconnected first (nginx's)
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def decoding_of(temperature: float | None, top_p: float | None) -> tuple[str, float | None, float | None]:
@@ -147,12 +153,86 @@ def stream_chunks(out: ChatCompletion, include_usage: bool) -> list[dict[str, An
     return chunks
 
 
+def event(chunk: dict[str, Any]) -> bytes:
+    """One server-sent event: ``data: {json}`` and a blank line (JSON escapes every newline: one line)."""
+    return b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
 async def sse(chunks: list[dict[str, Any]]) -> AsyncIterator[bytes]:
-    """Server-sent events: ``data: {json}`` and a blank line per chunk (JSON escapes every newline, so an event
-    is one line), then ``data: [DONE]``."""
+    """The chunks as server-sent events, then ``data: [DONE]``."""
     for chunk in chunks:
-        yield b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        yield event(chunk)
+    yield DONE
+
+
+async def next_piece(task: "asyncio.Future[Result]", pieces: "asyncio.Queue[TextDelta]") -> TextDelta | None:
+    """The next streamed piece, or None once the generation ended and every piece of it was read (its result,
+    or its error, is then ``task``'s). Pieces are queued before the job's result is set, on the same loop, so
+    none is left behind."""
+    if not pieces.empty():
+        return pieces.get_nowait()
+    if task.done():
+        return None
+    getter: asyncio.Future[Any] = asyncio.ensure_future(pieces.get())
+    try:
+        await asyncio.wait({cast("asyncio.Future[Any]", task), getter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return pieces.get_nowait() if not pieces.empty() else None
+
+
+async def token_events(first: TextDelta, task: "asyncio.Future[Result]", pieces: "asyncio.Queue[TextDelta]",
+                       head: dict[str, Any], tail: Any, include_usage: bool) -> AsyncIterator[bytes]:
+    """Token streaming (reranking off): per choice its role, its text as it settles, its finish_reason (with
+    seed and score); the request's extensions (``tail(result)``) in the chunk of the last finish_reason, then
+    the usage chunk when asked. An error after the stream started is an ``error`` event, and the stream ends.
+    Leaving early (the client disconnected) cancels the request."""
+    started: set[int] = set()
+    piece: TextDelta | None = first
+    finishes: list[dict[str, Any]] = []
+    try:
+        while piece is not None:
+            choice: dict[str, Any] = {"index": piece.choice, "logprobs": None, "finish_reason": None}
+            if piece.choice not in started:
+                started.add(piece.choice)
+                yield event({**head, "choices": [{**choice, "delta": {"role": "assistant", "content": ""}}]})
+            if piece.text:
+                yield event({**head, "choices": [{**choice, "delta": {"content": piece.text}}]})
+            if piece.reply is not None:
+                r = piece.reply
+                finishes.append({**head, "choices": [{**choice, "delta": {}, "finish_reason": FINISH[r.finish_reason],
+                                                      "seed": r.seed, "score": r.score}]})
+                if len(finishes) > 1:  # the last one waits for the request's extensions
+                    yield event(finishes[-2])
+            piece = await next_piece(task, pieces)
+        try:
+            result = task.result()
+        except (HTTPException, OpenAIError, Exception) as e:
+            for f in finishes[-1:]:
+                yield event(f)
+            if isinstance(e, HTTPException):
+                yield event(openai_error(e.status_code, str(e.detail)))
+            elif isinstance(e, OpenAIError):
+                yield event(openai_error(e.status, e.message, e.param, e.code))
+            else:
+                log.exception("a streamed request failed")
+                yield event(openai_error(500, "internal error"))
+            return
+        out = tail(result)
+        if finishes:
+            yield event({**finishes[-1], **out["extensions"]})
+        if include_usage:
+            yield event({**head, "choices": [], "usage": out["usage"]})
+        yield DONE
+    finally:
+        if not task.done():
+            task.cancel()  # Runtime.generate cancels the request's future: its rows stop at the next step
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
@@ -196,6 +276,25 @@ async def _generate(rt: Runtime, engine: Engine, req: GenerationRequest, rid: st
         raise OpenAIError(400, f"{param}: {e.msg}", param=param, code="invalid_value") from None
 
 
+async def _first_or_result(task: "asyncio.Future[Result]", pieces: "asyncio.Queue[TextDelta]") -> TextDelta | Result:
+    """The first streamed piece, or, when the generation ends without one (reranked, or an error first), its
+    result (or its error, raised: the JSON error of an unstreamed request)."""
+    try:
+        piece = await next_piece(task, pieces)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    return piece if piece is not None else task.result()
+
+
+def _chunk_head(rid: str, created: int, engine: Engine, include_usage: bool) -> dict[str, Any]:
+    head: dict[str, Any] = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": created,
+                            "model": engine.bundle.name, "system_fingerprint": f"fp_{engine.bundle.sha256[:12]}"}
+    if include_usage:
+        head["usage"] = None
+    return head
+
+
 def _unknown_model(name: str, engine: Engine) -> OpenAIError:
     return OpenAIError(404, f"the model '{name[:80]}' does not exist: this server serves '{engine.bundle.name}' "
                             "(GET /v1/models)", param="model", code="model_not_found")
@@ -211,14 +310,25 @@ def router(Body: type[ChatRequestBase]) -> APIRouter:
         """OpenAI's chat completion: n choices replying to the last (user) message of ``messages``, best first.
 
         With ``stream: true`` the same choices come as an event stream of chat.completion.chunk objects: per
-        choice (its ``index`` in each chunk) its role, its whole text in one content delta and its
-        finish_reason, then a usage chunk when ``stream_options.include_usage``, then ``data: [DONE]``. The
-        stream starts once the replies are complete: with reranking (the default) once they are chosen among
-        the complete candidates; without it, this engine too returns a request's replies together, so tokens
-        are not sent as they are decoded. Until then every error is the same JSON error, with the same status,
-        as without streaming; a client that disconnects first cancels its request."""
+        choice (its ``index`` in each chunk) its role, its text and its finish_reason, then a usage chunk when
+        ``stream_options.include_usage``, then ``data: [DONE]``. With reranking (the default) the stream starts
+        once the replies are chosen among the complete candidates, each text in one content delta, and every
+        error is the same JSON error, with the same status, as without streaming. With ``rerank: false`` the
+        tokens stream as they are decoded: a choice starts with its first words (choices numbered in the order
+        they start; repeated replies are kept, not replaced), its text comes in several content deltas, the
+        request's extensions come in the last finish_reason chunk; an error before the first words is the JSON
+        error, one after them (the time limit) an ``error`` event that ends the stream. A client that
+        disconnects cancels its request: its rows stop at the next decode step."""
         body = cast(ChatRequestBase, body)  # for the type checker: Body is built at run time from this base
         engine = rt.require_engine()
+
+        def _decoding(result: Result) -> Decoding:
+            sampled = strategy == "sample"
+            return Decoding(strategy=strategy, temperature=temperature if sampled else None,  # type: ignore[arg-type]
+                            top_p=top_p if sampled else None, rerank=result.reranked,
+                            latent_temperature=(engine.latent_temperature if body.latent_temperature is None
+                                                else body.latent_temperature))
+
         if body.model != engine.bundle.name:
             raise _unknown_model(body.model, engine)
         rid = request.state.request_id
@@ -229,25 +339,43 @@ def router(Body: type[ChatRequestBase]) -> APIRouter:
                                 strategy=strategy, temperature=temperature, top_p=top_p,  # type: ignore[arg-type]
                                 max_tokens=max_tokens_of(body.max_tokens, body.max_completion_tokens),
                                 rerank=body.rerank)
+        usage = body.stream_options is not None and bool(body.stream_options.include_usage)
         if body.stream:
-            got = await unless_disconnected(request, _generate(rt, engine, req, rid, first, rt.client_of(request)))
+            loop, pieces = asyncio.get_running_loop(), asyncio.Queue[TextDelta]()
+
+            def on_text(piece: TextDelta) -> None:  # on the engine's thread
+                try:
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                except RuntimeError:  # the loop has closed: nobody is there to read it
+                    pass
+
+            req = dataclasses.replace(req, on_text=on_text)
+            task = asyncio.ensure_future(_generate(rt, engine, req, rid, first, rt.client_of(request)))
+            got = await unless_disconnected(request, _first_or_result(task, pieces))
             if got is None:
                 return Response(status_code=CLIENT_GONE)
+            if isinstance(got, TextDelta):  # reranking off: the tokens stream as they are decoded
+                head = _chunk_head(rid, created, engine, usage)
+
+                def tail(result: Result) -> dict[str, Any]:
+                    out = completion(result, engine, rid, created, _decoding(result), ignored)
+                    return {"usage": out.usage.model_dump(),
+                            "extensions": {"seed": out.seed, "candidates": out.candidates,
+                                           "decoding": out.decoding.model_dump(),
+                                           "ignored_messages": out.ignored_messages}}
+
+                return StreamingResponse(token_events(got, task, pieces, head, tail, usage),
+                                         media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             result = got
         else:
             result = await _generate(rt, engine, req, rid, first, rt.client_of(request))
         if not result.replies:  # every candidate came out empty: no choice to give, and choices[0] must exist
             raise OpenAIError(500, f"the model wrote no reply to this dialog: all {result.candidates} candidates "
                                    "were empty; retry with another seed", code="no_reply")
-        sampled = strategy == "sample"
-        decoding = Decoding(strategy=strategy, temperature=temperature if sampled else None,  # type: ignore[arg-type]
-                            top_p=top_p if sampled else None, rerank=result.reranked,
-                            latent_temperature=(engine.latent_temperature if body.latent_temperature is None
-                                                else body.latent_temperature))
-        out = completion(result, engine, rid, created, decoding, ignored)
+        out = completion(result, engine, rid, created, _decoding(result), ignored)
         if not body.stream:
             return out
-        usage = body.stream_options is not None and bool(body.stream_options.include_usage)
         return StreamingResponse(sse(stream_chunks(out, usage)), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -1,6 +1,7 @@
 """Streaming on /v1/chat/completions (stream: true): the official openai client's streaming iterator and a raw
 HTTP reader against a live server, the chunks against the same request unstreamed, every error as without
-streaming, and a client that disconnects cancelling its request."""
+streaming, tokens streamed as they are decoded with reranking off, and a client that disconnects cancelling
+its request."""
 from __future__ import annotations
 
 import json
@@ -71,13 +72,54 @@ def check_chunks(chunks: list[dict], unstreamed: dict, include_usage: bool) -> N
         assert all(g["logprobs"] is None for g in got)
 
 
+def respond_unranked(c, n: int, seed: int, **extra) -> dict:
+    """/respond's replies to USER with reranking and dedupe off: what token streaming (which never withdraws a
+    choice, so never replaces a repeated one) returns, in another order (by score)."""
+    r = c.post("/respond", json={"context": [m["content"] for m in USER], "n": n, "seed": seed, "rerank": False,
+                                 "dedupe": False, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def check_token_chunks(chunks: list[dict], replies: list[dict], include_usage: bool) -> dict[int, list[dict]]:
+    """Token streaming: the shape; per choice its role first, then content deltas, then its finish_reason with
+    seed and score; choices numbered 0, 1, ... in the order they start; the request's extensions once, in the
+    last finish chunk; the texts those of ``replies`` (the same request, unstreamed). Returns each choice's
+    chunk choices."""
+    for c in chunks:
+        ChatCompletionChunk.model_validate(c)
+        assert c["id"] == chunks[0]["id"] and ("usage" in c) == include_usage
+    if include_usage:
+        *chunks, last = chunks
+        assert last["choices"] == [] and last["usage"]["completion_tokens"] == sum(r["tokens"] for r in replies)
+    by_index: dict[int, list[dict]] = {}
+    for c in chunks:
+        (choice,) = c["choices"]
+        by_index.setdefault(choice["index"], []).append(choice)
+    assert list(by_index) == list(range(len(replies)))
+    got = []
+    for parts in by_index.values():
+        assert parts[0]["delta"] == {"role": "assistant", "content": ""}
+        assert all(p["delta"].keys() == {"content"} and p["delta"]["content"] for p in parts[1:-1])
+        assert parts[-1]["delta"] == {} and [p["finish_reason"] for p in parts[:-1]] == [None] * (len(parts) - 1)
+        got.append(("".join(p["delta"].get("content", "") for p in parts), parts[-1]["finish_reason"],
+                    parts[-1]["seed"], parts[-1]["score"]))
+    finish = {"eos": "stop", "length": "length"}
+    assert sorted(got) == sorted((r["text"], finish[r["finish_reason"]], r["seed"], r["score"]) for r in replies)
+    ends = [i for i, c in enumerate(chunks) if c["choices"][0]["finish_reason"] is not None]
+    for key in ("seed", "candidates", "decoding", "ignored_messages"):
+        assert [key in c for c in chunks] == [i == ends[-1] for i in range(len(chunks))], key
+    assert chunks[ends[-1]]["decoding"]["rerank"] is False
+    return by_index
+
+
 # ----- the live server: the official client and a raw HTTP reader ----------------------------------------
 
 def test_openai_client_streams_n_choices(make_server):
     openai = openai_client()
     url = make_server(max_batch_rows=1, max_wait_ms=0)  # batching off: the two requests decode alike
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    for extra in ({}, {"temperature": 0.9, "top_p": 0.95}, {"extra_body": {"rerank": False}}):
+    for extra in ({}, {"temperature": 0.9, "top_p": 0.95}):
         whole = client.chat.completions.create(model="tiny", messages=USER, n=3, seed=11, **extra)
         stream = client.chat.completions.create(model="tiny", messages=USER, n=3, seed=11, stream=True,
                                                 stream_options={"include_usage": True}, **extra)
@@ -101,6 +143,13 @@ def test_openai_client_streams_n_choices(make_server):
 
     plain = list(client.chat.completions.create(model="tiny", messages=USER, n=2, seed=3, stream=True))
     assert plain[-1].choices[0].finish_reason is not None and all(c.usage is None for c in plain)
+
+    # Reranking off: the tokens stream as they are decoded, the same replies as unstreamed.
+    stream = client.chat.completions.create(model="tiny", messages=USER, n=3, seed=11, stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"rerank": False})
+    chunks = [c.model_dump(exclude_unset=True) for c in stream]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        check_token_chunks(chunks, respond_unranked(http, 3, 11)["replies"], include_usage=True)
 
 
 def test_openai_client_streaming_errors_are_the_unstreamed_ones(make_server):
@@ -189,6 +238,51 @@ def test_client_that_disconnects_cancels_its_request(make_app, monkeypatch):
         assert 'dialog_http_requests_total{method="POST",route="/v1/chat/completions",status="499"} 1.0' in metrics
 
 
+def test_client_that_disconnects_mid_stream_stops_its_rows(make_app, monkeypatch):
+    """Token streaming: a client that leaves after the first words cancels its request, and its rows leave the
+    running decode call at its next step (finish reason "cancelled"), long before their length limit."""
+    from harness.server import serve_in_thread
+    from model.bundle import DEFAULT_BUNDLE
+
+    app = make_app(bundle=DEFAULT_BUNDLE)
+    steps, calls = [], []
+    decode = model.decoding.decode
+
+    def spy(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        calls.append(out.finish_reason)
+        return out
+
+    with serve_in_thread(app, 20) as url:
+        engine = app.state.runtime.engine
+        step = engine.model.decode_step
+
+        def slow(*args):
+            steps.append(time.monotonic())
+            time.sleep(0.05)
+            return step(*args)
+
+        monkeypatch.setattr(engine.model, "decode_step", slow)
+        monkeypatch.setattr(model.decoding, "decode", spy)
+        name = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+        with httpx.Client(base_url=url, timeout=30) as http:
+            with http.stream("POST", "/v1/chat/completions",
+                             json=body(model=name, n=4, seed=3, stream=True, rerank=False)) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                        break  # the first words: leave
+            left = time.monotonic()
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert calls, "the decode call did not end"
+        (finish,) = calls
+        assert "cancelled" in finish  # rows still running when the client left were stopped
+        after = [t for t in steps if t > left]
+        assert len(after) <= 3, f"{len(after)} decode steps ran after the client left"
+        assert engine.batcher.admitted == 0
+
+
 # ----- in process: errors, options, the documentation ------------------------------------------------------
 
 def same_error(c, status: int, **extra) -> dict:
@@ -269,12 +363,52 @@ def test_api_key_queue_draining_timeout_and_no_reply_as_unstreamed(make_client, 
 
 
 def test_in_process_stream_matches_unstreamed(client):
-    for extra in ({"n": 3, "seed": 4}, {"n": 2, "seed": 9, "rerank": False}, {"n": 1, "seed": 2, "max_tokens": 2}):
+    for extra in ({"n": 3, "seed": 4}, {"n": 1, "seed": 2, "max_tokens": 2}):
         whole = client.post("/v1/chat/completions", json=body(**extra)).json()
         r = client.post("/v1/chat/completions", json=body(stream=True, stream_options={"include_usage": True},
                                                           **extra))
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         check_chunks([json.loads(d) for d in events(r.text)], whole, include_usage=True)
+    for n, seed, usage in ((2, 9, True), (4, 3, False), (1, 5, True)):
+        r = client.post("/v1/chat/completions", json=body(n=n, seed=seed, stream=True, rerank=False,
+                                                          **({"stream_options": {"include_usage": True}} if usage
+                                                             else {})))
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        check_token_chunks([json.loads(d) for d in events(r.text)], respond_unranked(client, n, seed)["replies"],
+                           include_usage=usage)
+
+
+def test_tokens_stream_before_the_replies_are_complete(make_server, monkeypatch):
+    """With reranking off a choice's words arrive while its request is still decoding: the engine's finishing of
+    the request waits here until the client has read content, which it could not without token streaming."""
+    from app.engine import Engine
+
+    from model.bundle import DEFAULT_BUNDLE
+
+    read_content, finished_first = threading.Event(), []
+    finish = Engine._finish
+
+    def held(self, job):
+        if job.req.on_text is not None:  # the streamed request (not the warm-up)
+            finished_first.append(not read_content.wait(10))
+        return finish(self, job)
+
+    monkeypatch.setattr(Engine, "_finish", held)
+    url = make_server(bundle=DEFAULT_BUNDLE)  # the shipped model: replies of several words (the tiny one's are one)
+    name = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+    contents = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        with http.stream("POST", "/v1/chat/completions",
+                         json=body(model=name, n=2, seed=7, stream=True, rerank=False)) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    if delta.get("content"):
+                        contents.append(delta["content"])
+                        read_content.set()
+    assert contents and finished_first == [False]  # content came first, then the request finished
+    assert len(contents) > 2  # in pieces as the words settle, not one whole text per choice
 
 
 def test_docs_describe_streaming(client):
@@ -284,9 +418,9 @@ def test_docs_describe_streaming(client):
     chunk = ok["content"]["text/event-stream"]["schema"]
     assert chunk["properties"]["object"]["const"] == "chat.completion.chunk"
     assert "$defs" not in json.dumps(chunk)  # written in place: a #/$defs reference would not resolve
-    assert "once the replies are complete" in op["description"] and "not sent as they are decoded" in op["description"]
+    assert "once the replies are chosen" in op["description"] and "tokens stream as they are decoded" in op["description"]
     schema = client.get("/openapi.json").json()["components"]["schemas"]["ChatCompletionRequest"]
-    assert "starts once the request's replies are complete" in schema["properties"]["stream"]["description"]
+    assert "the tokens stream as they are decoded" in schema["properties"]["stream"]["description"]
 
 
 def test_without_the_openai_client_only_the_client_tests_skip(monkeypatch):

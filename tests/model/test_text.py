@@ -136,3 +136,47 @@ def test_chat_style(raw, norm):
 def test_chat_detokenize_keeps_emoticons_and_joins_punctuation():
     assert detokenize("ok :D see you ;)", "chat") == "Ok :D see you ;)"
     assert detokenize("really ? haha , I ' m in", "chat") == "Really? haha, I'm in"
+
+
+# ----- streaming: the settled prefix of a reply being decoded --------------------------------------------
+
+def _shipped_tokenizer():
+    from model.bundle import DEFAULT_BUNDLE
+    from model.tokenizer import Tokenizer
+
+    return Tokenizer.load(DEFAULT_BUNDLE / "tokenizer.model")
+
+
+_TOK = _shipped_tokenizer()
+# Pieces that stress the rules: punctuation, contractions, quotes, emoticons, elongations, plain words.
+_TRICKY = [_TOK.encode(s) for s in ("'", '"', "n't", "'s", "'m", ",", ".", "...", "!!!", "?", ":)", ":-(", "i",
+                                    "sooooo", "o'clock", "(", ")", "$", "5", "U.S.", "ok", "well", "the")]
+_PIECES = st.one_of(st.integers(4, _TOK.vocab_size - 1).map(lambda i: [i]), st.sampled_from(_TRICKY))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, min_size=1, max_size=30), st.sampled_from(STYLES))
+def test_settled_prefix_never_changes_as_the_reply_grows(parts, style):
+    from model.text import settled_prefix
+
+    ids = [i for p in parts for i in p]
+    final = detokenize(_TOK.decode(ids), style)
+    sent = ""
+    for t in range(1, len(ids) + 1):
+        now = settled_prefix(detokenize(_TOK.decode(ids[:t]), style), style)
+        if len(now) > len(sent):  # what streaming sends: only ever more, never a change of what it sent
+            assert now.startswith(sent), (ids[:t], sent, now)
+            sent = now
+        assert final.startswith(sent), (ids, sent, final)
+
+
+def test_settled_prefix_holds_back_the_last_two_words_and_paired_quotes():
+    from model.text import settled_prefix
+
+    assert settled_prefix("I do", "chat") == ""
+    assert settled_prefix("I do not know", "chat") == "I do"
+    assert settled_prefix("Hello there, how are", "chat") == "Hello there,"
+    assert settled_prefix("He said 'go away now please", "dailydialog") == "He said"
+    assert settled_prefix("He said 'go away now please", "chat") == "He said 'go away"
+    with pytest.raises(ValueError):
+        settled_prefix("a b c d", "klingon")
