@@ -81,7 +81,7 @@ SERVE_FLAGS: list[tuple[str, Any, str]] = [
     ("client_header", str, "header naming the client, set by a trusted proxy (e.g. X-Forwarded-For)"),
     ("request_timeout_s", float, "per-request time limit (504 after it)"),
     ("torch_threads", int, "torch threads (0: min(4, cores - 1), at least 1)"),
-    ("quantize", str, "decoder weights: none or int8 (CPU; faster, slightly different replies)"),
+    ("quantize", str, "decoder precision: none, int8 (CPU) or bf16 (bf16 CPU or GPU); faster, slightly different replies"),
     ("api_key", str, "require 'Authorization: Bearer KEY' on /respond and /v1/... (prefer DIALOG_API_KEY)"),
     ("cors_origins", str, "comma-separated allowed CORS origins"),
     ("drain_timeout_s", float, "how long in-flight requests may finish on SIGTERM"),

@@ -75,7 +75,7 @@ class Engine:
                  diversity: float = reranking.DEFAULT_DIVERSITY, anti_lm: str = "probes",
                  coherence_weight: float = 0.0, max_per_client: int = 0):
         if quantize != "none":
-            quantize_decoder(bundle.model, quantize)  # int8 decoder: see model.quantize
+            quantize_decoder(bundle.model, quantize)  # int8 or bf16 decoder: see model.quantize
         self.quantize = quantize
         self.bundle = bundle
         self.model, self.tokenizer, self.config = bundle.model, bundle.tokenizer, bundle.config

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1, description="most requests admitted at once (queued or running); more get 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request time limit, in seconds (then 504)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 picks min(4, CPU cores - 1), at least 1")
-    quantize: Literal["none", "int8"] = Field(
-        "none", description="'int8': decoder weights in int8 (CPU only): faster decoding, slightly different replies")
+    quantize: Literal["none", "int8", "bf16"] = Field(
+        "none", description="'int8': decoder weights in int8 (CPU only); 'bf16': the vocabulary projection in bf16 "
+                            "(a CPU with AVX512-BF16 or AMX, or a GPU): faster, slightly different replies")
     warmup: bool = True
 
     # What the replies are made of (model.lexicon, model.rerank).

@@ -4,6 +4,7 @@ peak each stage reaches.
     python -m benchmarks.request_cost                       # the shipped model, the service's defaults, n = 5
     python -m benchmarks.request_cost --threads 1,2 --contexts 40 --json out.json
     python -m benchmarks.request_cost --no-rerank           # the pipeline without reranking
+    python -m benchmarks.request_cost --quantize none,bf16  # precisions side by side (model.quantize)
 
 Each context goes through model.pipeline.ReplyPipeline.run (a request on its own, the service's path for one
 request) with every stage timed: prepare (normalise, tokenise, check), encode (context encoder and prior),
@@ -33,6 +34,7 @@ import torch
 from model.bundle import DEFAULT_BUNDLE, load_bundle
 from model.config import CVAEConfig
 from model.pipeline import GenerationRequest, ReplyPipeline, ReplySettings
+from model.quantize import MODES, quantize_decoder
 
 from .common import matmul_peak, print_header, table, write_json
 
@@ -136,12 +138,15 @@ def contexts(k: int) -> tuple[list[list[str]], str]:
     return (FALLBACK * (k // len(FALLBACK) + 1))[:k], "a fixed list of 8 contexts"
 
 
-def measure(bundle_dir: Path, ctxs: list[list[str]], threads: int, rerank: bool, n: int) -> dict[str, Any]:
+def measure(bundle_dir: Path, ctxs: list[list[str]], threads: int, rerank: bool, n: int,
+            quantize: str = "none") -> dict[str, Any]:
     torch.set_num_threads(threads)
     bundle = load_bundle(bundle_dir)
+    quantize_decoder(bundle.model, quantize)
     pipe = Counted(bundle, ReplySettings(rerank=rerank))
     per: dict[str, list[float]] = defaultdict(list)
     total: list[float] = []
+    replies: list[list[str]] = []
     pipe.respond(GenerationRequest(context=ctxs[0], n=n, seed=0))  # warm-up
     for i, ctx in enumerate(ctxs):
         pipe.times.clear()
@@ -149,8 +154,9 @@ def measure(bundle_dir: Path, ctxs: list[list[str]], threads: int, rerank: bool,
         t = time.perf_counter()
         with pipe.stage("prepare"):
             job = pipe.prepare(GenerationRequest(context=ctx, n=n, seed=1000 + i))
-        pipe.run(job)
+        result = pipe.run(job)
         total.append(time.perf_counter() - t)
+        replies.append([r.text for r in result.replies])
         pipe.times["decode.rest"] = pipe.times["decode"] - pipe.times["decode.model_step"] \
             - pipe.times["decode.lexicon_masks"]
         f = flops(bundle.config, pipe.work)
@@ -162,7 +168,8 @@ def measure(bundle_dir: Path, ctxs: list[list[str]], threads: int, rerank: bool,
         per["anti_lm_positions"].append(float(pipe.work["anti_lm_positions"]))
     peak = matmul_peak() * 1e9  # FLOP/s
     med = statistics.median
-    out: dict[str, Any] = {"threads": threads, "rerank": rerank, "n": n, "contexts": len(ctxs),
+    out: dict[str, Any] = {"threads": threads, "quantize": quantize, "rerank": rerank, "n": n,
+                           "contexts": len(ctxs), "replies": replies,
                            "total_ms_p50": 1000 * med(total), "total_ms_mean": 1000 * statistics.fmean(total),
                            "peak_gflops": peak / 1e9, "rows_mean": statistics.fmean(per["rows"]),
                            "decode_positions_mean": statistics.fmean(per["decode_positions"]),
@@ -186,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1", help="comma-separated torch thread counts")
     p.add_argument("-n", type=int, default=5)
     p.add_argument("--no-rerank", dest="rerank", action="store_false")
+    p.add_argument("--quantize", default="none", help=f"comma-separated precisions of the decoder, each measured "
+                                                       f"in turn: {', '.join(MODES)} (model.quantize)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    modes = args.quantize.split(",")
+    if any(m not in MODES for m in modes):
+        p.error(f"--quantize takes comma-separated values of {', '.join(MODES)}, got {args.quantize!r}")
     if args.contexts < 1 or args.n < 1:
         p.error("--contexts and -n must be at least 1")
     try:
@@ -196,15 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--threads takes comma-separated integers, got {args.threads!r}")
     ctxs, source = contexts(args.contexts)
     meta = print_header("request cost by stage", {"bundle": args.bundle, "contexts": f"{len(ctxs)} ({source})",
-                                                  "n": args.n, "rerank": args.rerank, "threads": threads})
+                                                  "n": args.n, "rerank": args.rerank, "threads": threads,
+                                                  "quantize": modes})
     results = []
-    for th in threads:
-        r = measure(Path(args.bundle), ctxs, th, args.rerank, args.n)
+    for th, mode in [(th, m) for th in threads for m in modes]:
+        try:
+            r = measure(Path(args.bundle), ctxs, th, args.rerank, args.n, mode)
+        except ValueError as e:  # this precision cannot run here (model.quantize says why)
+            print(f"\n{th} thread(s), {mode}: skipped: {e}")
+            continue
         results.append(r)
-        print(f"\n{th} thread(s): p50 {r['total_ms_p50']:.1f} ms, mean {r['total_ms_mean']:.1f} ms per request; "
+        same = ""
+        if mode != modes[0] and results[0]["threads"] == th and results[0]["quantize"] == modes[0]:
+            base = next(x for x in results if x["threads"] == th and x["quantize"] == modes[0])
+            changed = sum(a != b for a, b in zip(base["replies"], r["replies"]))
+            r["requests_with_other_replies"] = changed
+            same = f"; replies differ from {modes[0]}'s in {changed} of {len(ctxs)} requests"
+        print(f"\n{th} thread(s), {mode}: p50 {r['total_ms_p50']:.1f} ms, mean {r['total_ms_mean']:.1f} ms per request; "
               f"{r['rows_mean']:.1f} rows, {r['decode_positions_mean']:.0f} decoder positions, "
               f"{r['anti_lm_positions_mean']:.0f} anti-LM positions; {r['gflop_total']:.2f} GFLOP, "
-              f"floor at the matmul peak ({r['peak_gflops']:.0f} GFLOP/s) {r['floor_ms_at_peak']:.1f} ms")
+              f"floor at the matmul peak ({r['peak_gflops']:.0f} GFLOP/s) {r['floor_ms_at_peak']:.1f} ms{same}")
         rows = [{**s, "ms_mean": f"{s['ms_mean']:.2f}", "share": f"{100 * s['share']:.1f} %",
                  "gflop": f"{s['gflop']:.3f}", "of_peak": f"{100 * s['of_peak']:.0f} %" if s["of_peak"] else "-"}
                 for s in r["stages"]]

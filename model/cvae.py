@@ -319,8 +319,10 @@ class CVAE(nn.Module):
         out, _ = self.decoder.rnn(*self.rnn_inputs(self.embedding(inp), state))  # (B, T, Hd)
         real = (tgt != PAD_ID).reshape(-1).nonzero().squeeze(1)
         logits = self.decoder.out(out.reshape(B * T, -1).index_select(0, real)).float()  # (N_tok, V)
-        picked = logits.gather(1, tgt.reshape(-1).index_select(0, real).unsqueeze(1)).squeeze(1)
-        tok = (picked - torch.logsumexp(logits, dim=1)).double()  # (N_tok,)
+        # the fused log-softmax, then the targets: half the time of logit - logsumexp at (1000, 8000) on a CPU
+        # core (10 vs 19 ms), the same values to 2e-6 (docs/benchmarks.md)
+        tok = torch.log_softmax(logits, dim=1).gather(
+            1, tgt.reshape(-1).index_select(0, real).unsqueeze(1)).squeeze(1).double()  # (N_tok,)
         row = torch.arange(B, device=device).repeat_interleave(T).index_select(0, real)
         return torch.zeros(B, dtype=torch.float64, device=device).index_add_(0, row, tok).cpu().tolist()
 

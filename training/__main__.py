@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from model.quantize import MODES as QUANTIZE_MODES
+
 from .cliargs import float_in, int_in, out_dir, out_file
 from .cliargs import seed as seed_arg
 
@@ -239,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-contexts", type=int_in(0, None), default=0,
                    help="sample replies for only the first N contexts (0 = all)")
     e.add_argument("--samples", type=out_file, help="also write the sampled replies as JSONL here")
-    e.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="evaluate with the decoder quantized to int8, as served with DIALOG_QUANTIZE=int8 (CPU)")
+    e.add_argument("--quantize", choices=list(QUANTIZE_MODES), default="none",
+                   help="evaluate with the decoder at lower precision, as served with DIALOG_QUANTIZE (int8: CPU; bf16: "
+                        "a bf16 CPU or a GPU)")
     e.set_defaults(func=_evaluate)
 
     lx = sub.add_parser("lexicon", help="build a bundle's decoding lexicon and reply bigram model (the reranker's "

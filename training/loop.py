@@ -31,6 +31,7 @@ from model.bundle import save_bundle
 from model.cvae import CVAE
 from model.files import DeviceError, WriteError, atomic_write, pick_device
 from model.lexicon import Lexicon
+from model.quantize import cpu_has_bf16
 from model.replylm import ReplyLM
 from model.recurrent import keep_freed_memory
 from model.text import normalize
@@ -449,15 +450,6 @@ class Trainer:
                                                            "selected_step": selected,
                                                            "selected_by": how}})
         log.info("exported %s (sha256 %s)", bundle, sha)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has bf16 matrix instructions (Linux: the avx512_bf16 or amx_bf16 flags)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _duration(seconds: float) -> str:

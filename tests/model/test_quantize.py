@@ -149,3 +149,35 @@ def test_service_setting_and_cli_flag(tmp_path, monkeypatch):
                                 quantize="int8")
     assert is_quantized(engine.model) and engine.info()["quantize"] == "int8"
     assert engine.respond(["hi there"], n=3, seed=1).n_returned >= 1
+
+
+def test_bf16_runs_the_vocabulary_projection_in_bf16_and_keeps_the_rest(tiny_bundle, monkeypatch):
+    import torch
+
+    from model.bundle import load_bundle
+    from model.quantize import Bf16Linear, is_quantized, quantize_decoder
+
+    b = load_bundle(tiny_bundle)
+    ref = load_bundle(tiny_bundle)
+    monkeypatch.setattr("model.quantize.cpu_has_bf16", lambda: True)  # the check, not the speed, is tested here
+    quantize_decoder(b.model, "bf16")
+    assert isinstance(b.model.decoder.out, Bf16Linear) and is_quantized(b.model)
+    assert b.model.decoder.out.weight.dtype == torch.bfloat16
+    assert type(b.model.decoder.rnn) is type(ref.model.decoder.rnn)  # the GRU stays fp32
+    x = torch.randn(7, b.model.decoder.out.in_features)
+    got, want = b.model.decoder.out(x), ref.model.decoder.out(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert torch.allclose(got, want, atol=0.05 * want.abs().max().item())  # bf16's 8 bits of mantissa
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16_instructions(tiny_bundle, monkeypatch):
+    import pytest
+
+    from model.bundle import load_bundle
+    from model.quantize import quantize_decoder
+
+    monkeypatch.setattr("model.quantize.cpu_has_bf16", lambda: False)
+    b = load_bundle(tiny_bundle)
+    with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
+        quantize_decoder(b.model, "bf16")
+    assert type(b.model.decoder.out).__name__ == "Linear"  # left as it was
